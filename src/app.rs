@@ -1,0 +1,263 @@
+//! The request pipeline, in SPEC §3 order: normalise and match, authenticate, authorise,
+//! forward. Refusals become responses in exactly one place (`handle`), and every request ends
+//! with exactly one access event.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use rand::Rng;
+
+use crate::auth::{self, Identity, PasswordVerifier};
+use crate::config::{Config, Route};
+use crate::error::{DenyReason, Denial, Refusal};
+use crate::path;
+use crate::policy;
+use crate::proxy::headers::{rewrite_request, ForwardContext};
+use crate::proxy::{client_ip::client_ip, Upstream};
+use crate::response::{self, Body, Format, RefusalContext};
+use crate::telemetry::access::AccessRecord;
+
+/// Paths under this prefix are the proxy's own and never forwarded.
+const RESERVED_PREFIX: &str = "/.portcullis";
+
+/// A configuration with everything built from it; swapped whole on reload.
+pub struct Runtime {
+    /// The validated config.
+    pub config: Config,
+    /// The upstream client built from `[upstream]`.
+    pub upstream: Upstream,
+}
+
+impl Runtime {
+    /// Builds the runtime for a config.
+    pub fn new(config: Config) -> Self {
+        let upstream = Upstream::new(&config.upstream);
+        Runtime { config, upstream }
+    }
+}
+
+/// The proxy: current runtime plus process-wide services.
+pub struct App {
+    runtime: ArcSwap<Runtime>,
+    verifier: Arc<PasswordVerifier>,
+}
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+}
+
+/// Per-request state gathered while deciding, for the refusal response and the log.
+struct Exchange {
+    record: AccessRecord,
+    route: Option<Arc<Route>>,
+    format: Format,
+    request_id: HeaderValue,
+}
+
+impl App {
+    /// Creates the app with an initial config.
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(App {
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            verifier: PasswordVerifier::start(),
+        })
+    }
+
+    /// The current runtime.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Handles one request; never fails (refusals are responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, Infallible> {
+        let runtime = self.runtime.load_full();
+        let config = &runtime.config;
+        let (client, peer_trusted) = client_ip(conn.peer.ip(), request.headers(), &config.server.trusted_proxies);
+        let request_id = request_id(request.headers(), peer_trusted);
+        let mut exchange = Exchange {
+            record: AccessRecord {
+                started: Instant::now(),
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
+                client_ip: client,
+                method: request.method().clone(),
+                path: String::new(),
+                route: None,
+                user: None,
+                auth_method: None,
+                upstream_status: None,
+                http_version: request.version(),
+            },
+            route: None,
+            format: Format::from_headers(request.headers()),
+            request_id,
+        };
+        let ctx = RequestContext {
+            client,
+            peer_trusted,
+        };
+        let outcome = self.process(&runtime, request, &ctx, &mut exchange).await;
+        let (mut response, refusal) = match outcome {
+            Ok(response) => (response, None),
+            Err(refusal) => {
+                let ctx = RefusalContext {
+                    route: exchange.route.as_deref(),
+                    format: exchange.format,
+                    request_id: &exchange.request_id,
+                    title: &config.pages.title,
+                };
+                (response::refusal(&refusal, &ctx), Some(refusal))
+            }
+        };
+        response
+            .headers_mut()
+            .insert(response::REQUEST_ID, exchange.request_id.clone());
+        exchange.record.emit(response.status(), refusal.as_ref());
+        Ok(response)
+    }
+
+    async fn process(
+        &self,
+        runtime: &Runtime,
+        request: Request<Incoming>,
+        ctx: &RequestContext,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, Refusal> {
+        let config = &runtime.config;
+        let uri = request.uri();
+        exchange.record.set_path(uri.path());
+        // HTTP/1 requests must be in origin form; HTTP/2 always carries scheme and authority.
+        if request.version() < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
+            return Err(Denial::new(DenyReason::AmbiguousPath, "request target is not in origin form").into());
+        }
+        let normalized = path::normalize(uri.path())
+            .map_err(|why| Denial::new(DenyReason::AmbiguousPath, why.to_string()))?;
+        exchange.record.set_path(normalized.forward());
+        if path::prefix_matches(RESERVED_PREFIX, normalized.for_matching(), true) {
+            return Err(Denial::new(DenyReason::NoRoute, "reserved /.portcullis/ path is not served").into());
+        }
+        let route = config
+            .routes
+            .find(normalized.for_matching())
+            .ok_or_else(|| Denial::new(DenyReason::NoRoute, "no route matches the path"))?
+            .clone();
+        exchange.record.route = Some(route.path.to_string());
+        exchange.route = Some(route.clone());
+
+        let identity = if route.is_public() {
+            None
+        } else {
+            Some(auth::authenticate(config, &self.verifier, &route, request.headers()).await?)
+        };
+        if let Some(identity) = &identity {
+            exchange.record.user = Some(identity.user().to_string());
+            exchange.record.auth_method = Some(identity.method.as_str());
+        }
+        policy::authorize(&route, identity.as_ref(), request.method())?;
+
+        let path_and_query = upstream_target(normalized.forward(), request.uri().query())?;
+        let response = self
+            .forward(runtime, request, path_and_query, ctx, identity.as_ref(), &exchange.request_id)
+            .await?;
+        exchange.record.upstream_status = Some(response.status().as_u16());
+        Ok(response)
+    }
+
+    async fn forward(
+        &self,
+        runtime: &Runtime,
+        mut request: Request<Incoming>,
+        path_and_query: PathAndQuery,
+        ctx: &RequestContext,
+        identity: Option<&Identity>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, Refusal> {
+        let config = &runtime.config;
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| {
+                let authority = request.uri().authority()?;
+                HeaderValue::from_str(authority.as_str()).ok()
+            });
+        let forward_ctx = ForwardContext {
+            client_ip: ctx.client,
+            peer_trusted: ctx.peer_trusted,
+            proto: "http",
+            host,
+            request_id,
+            identity,
+            config: &config.identity,
+            preserve_host: config.upstream.preserve_host,
+        };
+        rewrite_request(request.headers_mut(), &forward_ctx);
+        Ok(runtime.upstream.forward(request, path_and_query).await?)
+    }
+}
+
+struct RequestContext {
+    client: std::net::IpAddr,
+    peer_trusted: bool,
+}
+
+/// `normalised path` + `?` + the original query, as the upstream's request target.
+fn upstream_target(path: &str, query: Option<&str>) -> Result<PathAndQuery, Denial> {
+    let text = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    PathAndQuery::try_from(text)
+        .map_err(|_| Denial::new(DenyReason::AmbiguousPath, "normalised path is not a valid request target"))
+}
+
+/// The incoming `X-Request-Id` when a trusted proxy sent a well-formed one, else a new one.
+fn request_id(headers: &http::HeaderMap, peer_trusted: bool) -> HeaderValue {
+    if peer_trusted {
+        let incoming = headers.get(response::REQUEST_ID).filter(|v| well_formed_id(v.as_bytes()));
+        if let Some(id) = incoming {
+            return id.clone();
+        }
+    }
+    let id: u128 = rand::thread_rng().gen();
+    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+}
+
+fn well_formed_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_validated() {
+        assert!(well_formed_id(b"abc-123_x.y:z"));
+        assert!(!well_formed_id(b""));
+        assert!(!well_formed_id(b"a b"));
+        assert!(!well_formed_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn upstream_target_keeps_the_query() {
+        assert_eq!(upstream_target("/a/b", Some("x=1&y")).unwrap().as_str(), "/a/b?x=1&y");
+        assert_eq!(upstream_target("/a", None).unwrap().as_str(), "/a");
+    }
+}

@@ -1,0 +1,208 @@
+//! Password verification for Basic (and, later, the login form): a small pool of low-priority
+//! threads does the hashing, bounded in both concurrency and queue length, and a short-lived
+//! cache of successful verifications keeps steady traffic from hashing on every request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use parking_lot::RwLock;
+use rand::RngCore;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use super::password::PasswordHash;
+use crate::config::{Scheme, User, UserDb};
+use crate::error::{DenyReason, Denial, FailReason, Failure, Refusal};
+
+/// How long a successful verification is remembered.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most remembered verifications; beyond this, expired ones are swept and, failing that, all
+/// are forgotten (a flood of distinct valid credentials only costs re-hashing).
+const CACHE_MAX_ENTRIES: usize = 10_000;
+/// Pending verifications allowed per hashing thread before callers get 503.
+const QUEUE_PER_THREAD: usize = 32;
+
+/// An argon2id hash of a random password nobody knows: unknown users are verified against it
+/// so their answer takes as long as a known user's.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3wEPxnFrM3+kbMyuzKHcCKbQlW4Q29q7JMoL6kBKmBU";
+
+/// Verifies passwords off the async reactor.
+pub struct PasswordVerifier {
+    jobs: crossbeam_channel::Sender<Job>,
+    cache: VerifiedCache,
+    dummy: PasswordHash,
+}
+
+struct Job {
+    hash: PasswordHash,
+    password: String,
+    reply: oneshot::Sender<bool>,
+}
+
+impl PasswordVerifier {
+    /// Starts `max(1, cores - 1)` hashing threads at the lowest scheduling priority, so request
+    /// handling always has a core and wins any contention for it.
+    pub fn start() -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cores.saturating_sub(1).max(1);
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(threads * QUEUE_PER_THREAD);
+        for n in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("portcullis-hash-{n}"))
+                .spawn(move || hash_worker(queue));
+            if let Err(err) = spawned {
+                tracing::error!(error = %err, "cannot start a password hashing thread");
+            }
+        }
+        Arc::new(PasswordVerifier {
+            jobs,
+            cache: VerifiedCache::new(),
+            dummy: PasswordHash::parse(DUMMY_HASH).expect("the dummy hash is a valid PHC string"),
+        })
+    }
+
+    /// Checks `user`'s `password`. Unknown users cost one dummy hash, so the answer's timing
+    /// does not tell whether the user exists.
+    pub async fn verify(
+        &self,
+        users: &UserDb,
+        user: &str,
+        password: &str,
+    ) -> Result<Arc<User>, Refusal> {
+        let Some(record) = users.get(user) else {
+            self.hash_check(self.dummy.clone(), password).await?;
+            return Err(Denial::of(Scheme::Basic, DenyReason::UnknownUser, "no such user").into());
+        };
+        // The tag binds the stored hash: after a reload that changes the password, the old
+        // tag can never match again.
+        let tag = self.cache.tag(record, password);
+        if self.cache.contains(&tag) {
+            return Ok(record.clone());
+        }
+        if self.hash_check(record.hash.clone(), password).await? {
+            self.cache.insert(tag);
+            Ok(record.clone())
+        } else {
+            Err(Denial::of(Scheme::Basic, DenyReason::BadPassword, "wrong password").into())
+        }
+    }
+
+    async fn hash_check(&self, hash: PasswordHash, password: &str) -> Result<bool, Failure> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            hash,
+            password: password.to_string(),
+            reply,
+        };
+        self.jobs.try_send(job).map_err(|_| {
+            Failure::new(FailReason::Overloaded, "password verification queue is full")
+        })?;
+        answer
+            .await
+            .map_err(|_| Failure::new(FailReason::Overloaded, "password hashing thread stopped"))
+    }
+}
+
+fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
+    // Lowest priority: a flood of wrong passwords must queue behind request handling.
+    if let Err(err) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+        tracing::debug!(error = ?err, "cannot lower the hashing thread's priority");
+    }
+    for job in queue {
+        // A caller that went away (client disconnected) need not be hashed for.
+        if job.reply.is_closed() {
+            continue;
+        }
+        let ok = job.hash.verify(job.password.as_bytes());
+        let _ = job.reply.send(ok);
+    }
+}
+
+/// Remembers successful verifications under an HMAC of (user, stored hash, password) keyed by a
+/// per-process random key: the password itself is never kept.
+struct VerifiedCache {
+    key: [u8; 32],
+    entries: RwLock<HashMap<[u8; 32], Instant>>,
+}
+
+impl VerifiedCache {
+    fn new() -> Self {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        VerifiedCache {
+            key,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn tag(&self, user: &User, password: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        for part in [user.name.as_bytes(), user.hash.as_str().as_bytes(), password.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn contains(&self, tag: &[u8; 32]) -> bool {
+        let entries = self.entries.read();
+        // The map lookup is on an unpredictable HMAC, so its timing reveals nothing; the
+        // constant-time comparison keeps the final equality check free of early exits too.
+        entries
+            .get_key_value(tag)
+            .is_some_and(|(stored, expires)| bool::from(stored.ct_eq(tag)) && *expires > Instant::now())
+    }
+
+    fn insert(&self, tag: [u8; 32]) {
+        let now = Instant::now();
+        let mut entries = self.entries.write();
+        if entries.len() >= CACHE_MAX_ENTRIES {
+            entries.retain(|_, expires| *expires > now);
+            if entries.len() >= CACHE_MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(tag, now + CACHE_TTL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, hash: &str) -> User {
+        User {
+            name: name.to_string(),
+            hash: PasswordHash::parse(hash).unwrap(),
+            groups: Vec::new(),
+        }
+    }
+
+    const BCRYPT_A: &str = "$2b$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie";
+    const BCRYPT_B: &str = "$2b$04$FGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie";
+
+    #[test]
+    fn cache_tag_binds_user_hash_and_password() {
+        let cache = VerifiedCache::new();
+        let a = user("alice", BCRYPT_A);
+        let tag = cache.tag(&a, "pw");
+        assert_eq!(tag, cache.tag(&a, "pw"));
+        assert_ne!(tag, cache.tag(&a, "pw2"));
+        assert_ne!(tag, cache.tag(&user("alice", BCRYPT_B), "pw"));
+        assert_ne!(tag, cache.tag(&user("alicf", BCRYPT_A), "pw"));
+        cache.insert(tag);
+        assert!(cache.contains(&tag));
+        assert!(!cache.contains(&cache.tag(&user("alice", BCRYPT_B), "pw")));
+    }
+
+    #[test]
+    fn dummy_hash_parses() {
+        assert!(PasswordHash::parse(DUMMY_HASH).is_ok());
+    }
+}

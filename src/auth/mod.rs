@@ -1,0 +1,111 @@
+//! Authentication: reading the credential a request presents, checking it with the route's
+//! schemes, and the identity that results.
+
+pub mod basic;
+pub mod bearer;
+pub mod credentials;
+pub mod password;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+pub use basic::PasswordVerifier;
+pub use credentials::Credential;
+
+use crate::config::{Config, Route, Scheme, StaticToken, User};
+use crate::error::{DenyReason, Denial, Refusal};
+
+/// Who the caller is, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The configured principal behind the credential.
+    pub principal: Principal,
+    /// The scheme that authenticated it.
+    pub method: Scheme,
+}
+
+/// The configured entity a credential belongs to.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A password user.
+    User(Arc<User>),
+    /// A static bearer token.
+    Token(Arc<StaticToken>),
+}
+
+impl Identity {
+    /// The user name (the token's name for static tokens).
+    pub fn user(&self) -> &str {
+        match &self.principal {
+            Principal::User(u) => &u.name,
+            Principal::Token(t) => &t.name,
+        }
+    }
+
+    /// Group names.
+    pub fn groups(&self) -> &[String] {
+        match &self.principal {
+            Principal::User(u) => &u.groups,
+            Principal::Token(t) => &t.groups,
+        }
+    }
+
+    /// Scopes (bearer credentials only; password users hold none).
+    pub fn scopes(&self) -> &[String] {
+        match &self.principal {
+            Principal::User(_) => &[],
+            Principal::Token(t) => &t.scopes,
+        }
+    }
+}
+
+/// Authenticates a request for `route` (which must not be public). The route's schemes are
+/// tried in order against the one credential the request carries.
+pub async fn authenticate(
+    config: &Config,
+    verifier: &PasswordVerifier,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Identity, Refusal> {
+    let credential = credentials::parse(headers)?;
+    match credential {
+        Credential::None => Err(missing(route, "no credentials were sent").into()),
+        Credential::Other(scheme) => Err(missing(
+            route,
+            format!("sent a {scheme:?} credential, which this route does not accept"),
+        )
+        .into()),
+        Credential::Basic(basic) => {
+            if !route.accepts(Scheme::Basic) {
+                return Err(missing(route, "sent a Basic credential, which this route does not accept").into());
+            }
+            let basic = basic.map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))?;
+            let user = verifier.verify(&config.users, &basic.user, &basic.password).await?;
+            Ok(Identity {
+                principal: Principal::User(user),
+                method: Scheme::Basic,
+            })
+        }
+        Credential::Bearer(token) => {
+            if !route.accepts(Scheme::Bearer) {
+                return Err(missing(route, "sent a Bearer credential, which this route does not accept").into());
+            }
+            let token = token.map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
+            let found = bearer::check_static(&config.tokens, token, bearer::unix_now())?;
+            Ok(Identity {
+                principal: Principal::Token(found),
+                method: Scheme::Bearer,
+            })
+        }
+    }
+}
+
+fn missing(route: &Route, detail: impl Into<std::borrow::Cow<'static, str>>) -> Denial {
+    let detail = detail.into();
+    let accepted: Vec<&str> = route.schemes.iter().map(|s| s.as_str()).collect();
+    Denial::new(
+        DenyReason::MissingCredentials,
+        format!("{detail}; the route accepts {}", accepted.join(", ")),
+    )
+}

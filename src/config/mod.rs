@@ -1,0 +1,204 @@
+//! Configuration: loading, validation, and the only config types the rest of the crate sees.
+
+mod error;
+pub mod file;
+pub mod types;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+pub use error::ConfigError;
+pub use file::{LoginSection, PagesSection, RateLimitSection, Scheme, SessionSection};
+pub use types::{Cidr, HumanDuration, RoutePath, UpstreamUrl};
+
+use crate::auth::password::PasswordHash;
+use crate::policy::RouteTable;
+
+/// A loaded, validated configuration. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[upstream]`
+    pub upstream: UpstreamConfig,
+    /// `[identity]`
+    pub identity: IdentityConfig,
+    /// `[session]` (parsed and validated; sessions arrive with their own issue).
+    pub session: SessionSection,
+    /// `[login]`
+    pub login: LoginSection,
+    /// `[pages]`
+    pub pages: PagesSection,
+    /// `[rate_limit]`
+    pub rate_limit: RateLimitSection,
+    /// Users from `[[users]]` and `[users_file]`.
+    pub users: UserDb,
+    /// `[[tokens]]`
+    pub tokens: Vec<Arc<StaticToken>>,
+    /// The compiled `[[route]]` table.
+    pub routes: RouteTable,
+    /// Things `check` should point out that are not errors.
+    pub warnings: Vec<String>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to accept client connections on.
+    pub listen: Vec<SocketAddr>,
+    /// Optional admin listener (health, readiness, metrics).
+    pub admin_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` / `X-Request-Id` are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Slowloris guard: the whole request head must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Keep-alive idle connection limit.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// Open client connections at once; further connections wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Async worker threads (0 = one per core).
+    pub workers: usize,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// `[upstream]`, validated.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority requests are sent to.
+    pub url: UpstreamUrl,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Limit on the wait for response headers.
+    pub response_timeout: Duration,
+    /// Send the client's Host instead of the upstream's.
+    pub preserve_host: bool,
+}
+
+/// `[identity]`, validated: the headers that tell the upstream who the caller is.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Carries the user name.
+    pub user_header: HeaderName,
+    /// Carries the comma-separated groups.
+    pub groups_header: HeaderName,
+    /// Carries `basic`, `bearer` or `session`.
+    pub auth_method_header: HeaderName,
+    /// Pass the client's `Authorization` header upstream.
+    pub forward_authorization: bool,
+}
+
+/// A user who may sign in with a password.
+#[derive(Debug)]
+pub struct User {
+    /// The user name.
+    pub name: String,
+    /// The stored hash.
+    pub hash: PasswordHash,
+    /// Group names for `allow_groups`.
+    pub groups: Vec<String>,
+}
+
+/// All password users, by name.
+#[derive(Debug, Default)]
+pub struct UserDb {
+    by_name: std::collections::HashMap<String, Arc<User>>,
+}
+
+impl UserDb {
+    /// Looks a user up by exact name.
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+
+    /// Whether a user of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// A static bearer token; only its SHA-256 is known.
+#[derive(Debug)]
+pub struct StaticToken {
+    /// Shown as the user name.
+    pub name: String,
+    /// SHA-256 of the token.
+    pub digest: [u8; 32],
+    /// Groups for `allow_groups`.
+    pub groups: Vec<String>,
+    /// Scopes for routes' `scopes`.
+    pub scopes: Vec<String>,
+    /// Unix seconds after which the token is refused.
+    pub expires: Option<i64>,
+}
+
+/// One compiled `[[route]]`.
+#[derive(Debug)]
+pub struct Route {
+    /// Canonical path prefix.
+    pub path: RoutePath,
+    /// Allowed methods; `None` = all.
+    pub methods: Option<Vec<Method>>,
+    /// Accepted schemes in challenge order; empty = public.
+    pub schemes: Vec<Scheme>,
+    /// Realm in challenges.
+    pub realm: String,
+    /// Users admitted (empty with empty `allow_groups` = any authenticated caller).
+    pub allow_users: Vec<String>,
+    /// Groups admitted.
+    pub allow_groups: Vec<String>,
+    /// Scopes every bearer caller must hold.
+    pub scopes: Vec<String>,
+    /// Match ASCII-case-insensitively.
+    pub case_insensitive: bool,
+    /// Precomputed `WWW-Authenticate` values, one per scheme, in order.
+    pub challenges: Vec<HeaderValue>,
+    /// Precomputed `Allow` value when `methods` is set.
+    pub allow_header: Option<HeaderValue>,
+}
+
+impl Route {
+    /// Whether the route needs no credentials.
+    pub fn is_public(&self) -> bool {
+        self.schemes.is_empty()
+    }
+
+    /// Whether the route accepts `scheme`.
+    pub fn accepts(&self, scheme: Scheme) -> bool {
+        self.schemes.contains(&scheme)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Errors name the file, line, column, key and what
+    /// was expected.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Validates config text as if read from `path` (relative paths inside resolve against
+    /// `path`'s directory).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::build(path, text)
+    }
+}

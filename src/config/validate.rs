@@ -1,0 +1,325 @@
+//! From the file as written to a validated `Config`: cross-field checks, each error naming the
+//! key it came from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::ConfigError;
+use super::file::{FileConfig, RouteEntry, Scheme};
+use super::{
+    Config, IdentityConfig, Route, ServerConfig, StaticToken, UpstreamConfig, User, UserDb,
+};
+use crate::auth::password::{parse_htpasswd, validate_user_name};
+use crate::policy::RouteTable;
+use crate::response::challenge;
+
+/// hyper's smallest read buffer; a smaller header limit could not be enforced exactly.
+const MIN_HEADER_BYTES: usize = 8192;
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// Carries the file name and text so each check can point at a span.
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Option<std::ops::Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.path, self.text, span, key, message.into())
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    fn resolve(&self, file: &str) -> PathBuf {
+        let candidate = Path::new(file);
+        if candidate.is_absolute() {
+            return candidate.to_path_buf();
+        }
+        self.path
+            .parent()
+            .map_or_else(|| candidate.to_path_buf(), |dir| dir.join(candidate))
+    }
+}
+
+pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let ctx = Ctx { path, text };
+    let file = parse(&ctx)?;
+    let mut warnings = Vec::new();
+    let server = server(&ctx, &file)?;
+    let users = users(&ctx, &file)?;
+    let tokens = tokens(&ctx, &file)?;
+    let routes = routes(&ctx, &file, &users, &tokens)?;
+    if !file.routes.iter().any(|r| r.path.get_ref().as_str() == "/") {
+        warnings.push("no route for \"/\": requests outside the listed routes get 403 (no_route)".to_string());
+    }
+    if file.jwt.is_some() {
+        warnings.push("[jwt] is parsed but JWT verification is not available in this version: every JWT is refused".to_string());
+    }
+    let uses_sessions = routes.iter().any(|r| r.accepts(Scheme::Session));
+    if uses_sessions {
+        warnings.push("routes accept `session`, but session sign-in is not available in this version: those routes rely on their other schemes".to_string());
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        upstream: UpstreamConfig {
+            url: file.upstream.url,
+            connect_timeout: file.upstream.connect_timeout.0,
+            response_timeout: file.upstream.response_timeout.0,
+            preserve_host: file.upstream.preserve_host,
+        },
+        identity: IdentityConfig {
+            user_header: file.identity.user_header.0,
+            groups_header: file.identity.groups_header.0,
+            auth_method_header: file.identity.auth_method_header.0,
+            forward_authorization: file.identity.forward_authorization,
+        },
+        session: file.session,
+        login: file.login,
+        pages: file.pages,
+        rate_limit: file.rate_limit,
+        users,
+        tokens,
+        routes: RouteTable::new(routes),
+        warnings,
+    })
+}
+
+/// Deserialises the file; serde errors keep the TOML span and gain the key path.
+fn parse(ctx: &Ctx<'_>) -> Result<FileConfig, ConfigError> {
+    let deserializer = toml::Deserializer::new(ctx.text);
+    serde_path_to_error::deserialize::<_, FileConfig>(deserializer).map_err(|err| {
+        let key = err.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let inner = err.into_inner();
+        ctx.err(inner.span(), &key, inner.message().trim().to_string())
+    })
+}
+
+fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError> {
+    let s = &file.server;
+    if s.listen.get_ref().is_empty() {
+        return Err(ctx.err(Some(s.listen.span()), "server.listen", "expected at least one address"));
+    }
+    let header_bytes = *s.max_header_bytes.get_ref();
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&header_bytes) {
+        return Err(ctx.err(
+            Some(s.max_header_bytes.span()),
+            "server.max_header_bytes",
+            format!("expected a number of bytes from {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
+        ));
+    }
+    if *s.max_connections.get_ref() == 0 {
+        return Err(ctx.err(
+            Some(s.max_connections.span()),
+            "server.max_connections",
+            "expected at least 1",
+        ));
+    }
+    if let Some(tls) = &s.tls {
+        return Err(ctx.err(
+            Some(tls.cert_file.span()),
+            "server.tls",
+            "TLS termination is not available in this version yet; terminate TLS in front of portcullis",
+        ));
+    }
+    Ok(ServerConfig {
+        listen: s.listen.get_ref().iter().map(|a| a.0).collect(),
+        admin_listen: s.admin_listen.map(|a| a.0),
+        trusted_proxies: s.trusted_proxies.clone(),
+        header_read_timeout: s.header_read_timeout.0,
+        idle_timeout: s.idle_timeout.0,
+        max_header_bytes: header_bytes,
+        max_connections: *s.max_connections.get_ref(),
+        workers: s.workers,
+        shutdown_grace: s.shutdown_grace.0,
+    })
+}
+
+fn users(ctx: &Ctx<'_>, file: &FileConfig) -> Result<UserDb, ConfigError> {
+    let mut by_name: HashMap<String, Arc<User>> = HashMap::new();
+    for (i, entry) in file.users.iter().enumerate() {
+        let key = format!("users[{i}].name");
+        let name = entry.name.get_ref();
+        validate_user_name(name).map_err(|m| ctx.err(Some(entry.name.span()), &key, m))?;
+        if by_name.contains_key(name) {
+            return Err(ctx.err(Some(entry.name.span()), &key, format!("user {name:?} is defined twice")));
+        }
+        let user = User {
+            name: name.clone(),
+            hash: entry.password_hash.clone(),
+            groups: entry.groups.clone(),
+        };
+        by_name.insert(name.clone(), Arc::new(user));
+    }
+    if let Some(section) = &file.users_file {
+        let htpasswd = ctx.resolve(section.path.get_ref());
+        let span = Some(section.path.span());
+        let text = std::fs::read_to_string(&htpasswd).map_err(|e| {
+            ctx.err(span.clone(), "users_file.path", format!("cannot read {}: {e}", htpasswd.display()))
+        })?;
+        let entries = parse_htpasswd(&text).map_err(|e| {
+            ctx.err(span.clone(), "users_file.path", format!("{}: {e}", htpasswd.display()))
+        })?;
+        for entry in entries {
+            if by_name.contains_key(&entry.name) {
+                return Err(ctx.err(
+                    span.clone(),
+                    "users_file.path",
+                    format!(
+                        "{}: line {}: user {:?} is also defined in [[users]]",
+                        htpasswd.display(),
+                        entry.line,
+                        entry.name
+                    ),
+                ));
+            }
+            let user = User {
+                name: entry.name.clone(),
+                hash: entry.hash,
+                groups: Vec::new(),
+            };
+            by_name.insert(entry.name, Arc::new(user));
+        }
+    }
+    Ok(UserDb { by_name })
+}
+
+fn tokens(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Vec<Arc<StaticToken>>, ConfigError> {
+    let mut out: Vec<Arc<StaticToken>> = Vec::new();
+    for (i, entry) in file.tokens.iter().enumerate() {
+        let name = entry.name.get_ref();
+        let key = format!("tokens[{i}].name");
+        validate_user_name(name).map_err(|m| ctx.err(Some(entry.name.span()), &key, m))?;
+        if out.iter().any(|t| &t.name == name) {
+            return Err(ctx.err(Some(entry.name.span()), &key, format!("token {name:?} is defined twice")));
+        }
+        let digest = entry.token_sha256.get_ref().0;
+        if out.iter().any(|t| t.digest == digest) {
+            return Err(ctx.err(
+                Some(entry.token_sha256.span()),
+                &format!("tokens[{i}].token_sha256"),
+                "the same token_sha256 is used by another token",
+            ));
+        }
+        out.push(Arc::new(StaticToken {
+            name: name.clone(),
+            digest,
+            groups: entry.groups.clone(),
+            scopes: entry.scopes.clone(),
+            expires: entry.expires.map(|e| e.0),
+        }));
+    }
+    Ok(out)
+}
+
+fn routes(
+    ctx: &Ctx<'_>,
+    file: &FileConfig,
+    users: &UserDb,
+    tokens: &[Arc<StaticToken>],
+) -> Result<Vec<Route>, ConfigError> {
+    let mut out: Vec<Route> = Vec::new();
+    for (i, entry) in file.routes.iter().enumerate() {
+        let duplicate = file.routes[..i].iter().position(|other| same_path(other, entry));
+        if let Some(first) = duplicate {
+            let (line, _) = super::error::line_column(ctx.text, file.routes[first].path.span().start);
+            return Err(ctx.err(
+                Some(entry.path.span()),
+                &format!("route[{i}].path"),
+                format!(
+                    "duplicate route path {:?}: already used by route[{first}] on line {line}",
+                    entry.path.get_ref().as_str()
+                ),
+            ));
+        }
+        out.push(route(ctx, i, entry, users, tokens, file.jwt.is_some())?);
+    }
+    Ok(out)
+}
+
+fn same_path(a: &RouteEntry, b: &RouteEntry) -> bool {
+    let (pa, pb) = (a.path.get_ref().as_str(), b.path.get_ref().as_str());
+    if a.case_insensitive || b.case_insensitive {
+        pa.eq_ignore_ascii_case(pb)
+    } else {
+        pa == pb
+    }
+}
+
+fn route(
+    ctx: &Ctx<'_>,
+    i: usize,
+    entry: &RouteEntry,
+    users: &UserDb,
+    tokens: &[Arc<StaticToken>],
+    has_jwt: bool,
+) -> Result<Route, ConfigError> {
+    let schemes = entry.auth.get_ref().clone();
+    for (n, scheme) in schemes.iter().enumerate() {
+        if schemes[..n].contains(scheme) {
+            return Err(ctx.err(
+                Some(entry.auth.span()),
+                &format!("route[{i}].auth"),
+                format!("scheme {:?} is listed twice", scheme.as_str()),
+            ));
+        }
+    }
+    let realm = entry.realm.clone().unwrap_or_else(|| "portcullis".to_string());
+    if realm.chars().any(char::is_control) {
+        return Err(ctx.err(
+            Some(entry.path.span()),
+            &format!("route[{i}].realm"),
+            "the realm must not contain control characters",
+        ));
+    }
+    for (n, user) in entry.allow_users.iter().enumerate() {
+        let name = user.get_ref();
+        let known = users.contains(name) || tokens.iter().any(|t| &t.name == name);
+        // JWT subjects are not known in advance, so with [jwt] any name may be listed.
+        if !known && !has_jwt {
+            return Err(ctx.err(
+                Some(user.span()),
+                &format!("route[{i}].allow_users[{n}]"),
+                format!("unknown user {name:?}: expected a name from [[users]], [users_file] or [[tokens]]"),
+            ));
+        }
+    }
+    let scopes = match &entry.scopes {
+        Some(scopes) if !scopes.get_ref().is_empty() => {
+            if !schemes.contains(&Scheme::Bearer) {
+                return Err(ctx.err(
+                    Some(scopes.span()),
+                    &format!("route[{i}].scopes"),
+                    "scopes apply to bearer tokens only, and this route does not accept \"bearer\"",
+                ));
+            }
+            scopes.get_ref().clone()
+        }
+        _ => Vec::new(),
+    };
+    if schemes.is_empty() && (!entry.allow_users.is_empty() || !entry.allow_groups.is_empty()) {
+        return Err(ctx.err(
+            Some(entry.auth.span()),
+            &format!("route[{i}].auth"),
+            "a public route (auth = []) cannot have allow_users or allow_groups",
+        ));
+    }
+    let methods = entry
+        .methods
+        .as_ref()
+        .map(|m| m.iter().map(|m| m.0.clone()).collect::<Vec<_>>());
+    let allow_header = methods.as_ref().map(|m| challenge::allow_header(m));
+    Ok(Route {
+        path: entry.path.get_ref().clone(),
+        challenges: challenge::for_route(&schemes, &realm),
+        methods,
+        schemes,
+        realm,
+        allow_users: entry.allow_users.iter().map(|u| u.get_ref().clone()).collect(),
+        allow_groups: entry.allow_groups.clone(),
+        scopes,
+        case_insensitive: entry.case_insensitive,
+        allow_header,
+    })
+}

@@ -1,0 +1,74 @@
+//! The access decision: which route a path falls under, and whether an identity may use it.
+//! The proxy and `explain` both call these functions; there is no second implementation.
+
+mod route;
+
+pub use route::RouteTable;
+
+use http::Method;
+
+use crate::auth::Identity;
+use crate::config::{Route, Scheme};
+use crate::error::{DenyReason, Denial};
+
+/// Step 4 of request handling: allow lists, then scopes, then methods.
+/// `identity` is `None` only on public routes.
+pub fn authorize(route: &Route, identity: Option<&Identity>, method: &Method) -> Result<(), Denial> {
+    if let Some(identity) = identity {
+        allowed(route, identity)?;
+        scopes(route, identity)?;
+    }
+    methods(route, method)
+}
+
+fn allowed(route: &Route, identity: &Identity) -> Result<(), Denial> {
+    if route.allow_users.is_empty() && route.allow_groups.is_empty() {
+        return Ok(());
+    }
+    let by_user = route.allow_users.iter().any(|u| u == identity.user());
+    let by_group = identity
+        .groups()
+        .iter()
+        .any(|g| route.allow_groups.iter().any(|a| a == g));
+    if by_user || by_group {
+        return Ok(());
+    }
+    Err(Denial::new(
+        DenyReason::UserNotAllowed,
+        format!(
+            "user {:?} is not in allow_users and none of their groups is in allow_groups of route {}",
+            identity.user(),
+            route.path
+        ),
+    ))
+}
+
+fn scopes(route: &Route, identity: &Identity) -> Result<(), Denial> {
+    if identity.method != Scheme::Bearer || route.scopes.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = route
+        .scopes
+        .iter()
+        .filter(|needed| !identity.scopes().contains(needed))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Denial::of(
+        Scheme::Bearer,
+        DenyReason::InsufficientScope,
+        format!("token lacks scopes: {}", missing.join(" ")),
+    ))
+}
+
+fn methods(route: &Route, method: &Method) -> Result<(), Denial> {
+    match &route.methods {
+        Some(allowed) if !allowed.contains(method) => Err(Denial::new(
+            DenyReason::MethodNotAllowed,
+            format!("method {method} is not in the route's methods"),
+        )),
+        _ => Ok(()),
+    }
+}

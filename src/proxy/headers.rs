@@ -1,0 +1,332 @@
+//! The per-request header rewrite: hop-by-hop headers out, client-supplied identity and
+//! forwarding headers out (in every spelling), then the proxy's own headers in.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use crate::auth::Identity;
+use crate::config::IdentityConfig;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies have always dropped).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Headers through which an upstream might learn who the caller is or where the request came
+/// from, or by which it might re-route the request. A client must never set them; they are
+/// matched ignoring case and treating `_` as `-`, since some servers (CGI, WSGI, PHP) fold both
+/// spellings into one.
+const SPOOFABLE: [&str; 20] = [
+    "x-forwarded-user",
+    "x-forwarded-groups",
+    "x-forwarded-auth-method",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "remote-user",
+    "x-remote-user",
+    "x-auth-request-user",
+];
+
+/// What the rewrite needs to know about the request.
+pub struct ForwardContext<'a> {
+    /// The client address (from `trusted_proxies` rules).
+    pub client_ip: IpAddr,
+    /// Whether the TCP peer is a trusted proxy (its forwarding headers are extended).
+    pub peer_trusted: bool,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The host the client asked for (`Host` or the HTTP/2 authority).
+    pub host: Option<HeaderValue>,
+    /// The request id to pass on.
+    pub request_id: &'a HeaderValue,
+    /// The authenticated caller, if any.
+    pub identity: Option<&'a Identity>,
+    /// `[identity]`
+    pub config: &'a IdentityConfig,
+    /// Keep the client's Host.
+    pub preserve_host: bool,
+}
+
+/// Rewrites request headers for the upstream. Returns the `Upgrade` value to keep when the
+/// client asked for a protocol upgrade.
+pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
+    let upgrade = requested_upgrade(headers);
+    let prior_for = ctx.peer_trusted.then(|| joined(headers, &header::HeaderName::from_static("x-forwarded-for")));
+    let prior_forwarded = ctx.peer_trusted.then(|| joined(headers, &header::FORWARDED));
+    // Headers named in Connection go first; everything the proxy adds is added after this, so a
+    // client's `Connection: X-Forwarded-User` can never remove the identity we set.
+    remove_connection_listed(headers);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    remove_spoofable(headers, ctx.config);
+    if !ctx.config.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if !ctx.preserve_host {
+        headers.remove(header::HOST);
+    } else if let (false, Some(host)) = (headers.contains_key(header::HOST), &ctx.host) {
+        headers.insert(header::HOST, host.clone());
+    }
+    add_forwarding(headers, ctx, prior_for.flatten(), prior_forwarded.flatten());
+    add_identity(headers, ctx);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+/// Strips hop-by-hop headers from an upstream response (keeping the upgrade handshake of a
+/// 101 response).
+pub fn rewrite_response(headers: &mut HeaderMap, switching_protocols: bool) {
+    let upgrade = switching_protocols.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    remove_connection_listed(headers);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+/// The `Upgrade` value, when `Connection` lists `upgrade`.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let listed = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    if !listed {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn remove_connection_listed(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+}
+
+/// Whether a header name equals `target` once `_` is read as `-` (names are lower case).
+fn same_header(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+fn remove_spoofable(headers: &mut HeaderMap, config: &IdentityConfig) {
+    let configured = [
+        config.user_header.as_str(),
+        config.groups_header.as_str(),
+        config.auth_method_header.as_str(),
+        crate::response::REQUEST_ID,
+    ];
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            SPOOFABLE
+                .iter()
+                .chain(configured.iter())
+                .any(|target| same_header(name, target))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn add_forwarding(
+    headers: &mut HeaderMap,
+    ctx: &ForwardContext<'_>,
+    prior_for: Option<String>,
+    prior_forwarded: Option<String>,
+) {
+    let ip = ctx.client_ip.to_string();
+    let xff = match prior_for {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip.clone(),
+    };
+    insert_text(headers, "x-forwarded-for", &xff);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(ctx.proto),
+    );
+    if let Some(host) = &ctx.host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    match ctx.client_ip {
+        IpAddr::V4(_) => element.push_str(&ip),
+        IpAddr::V6(_) => {
+            element.push_str("\"[");
+            element.push_str(&ip);
+            element.push_str("]\"");
+        }
+    }
+    element.push_str(";proto=");
+    element.push_str(ctx.proto);
+    if let Some(host) = ctx.host.as_ref().and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        crate::response::challenge::push_quoted(&mut element, host);
+    }
+    let forwarded = match prior_forwarded {
+        Some(prior) => format!("{prior}, {element}"),
+        None => element,
+    };
+    insert_text(headers, "forwarded", &forwarded);
+    headers.insert(crate::response::REQUEST_ID, ctx.request_id.clone());
+}
+
+fn add_identity(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
+    let Some(identity) = ctx.identity else { return };
+    insert_text(headers, ctx.config.user_header.as_str(), identity.user());
+    insert_text(headers, ctx.config.groups_header.as_str(), &identity.groups().join(","));
+    headers.insert(
+        ctx.config.auth_method_header.clone(),
+        HeaderValue::from_static(identity.method.as_str()),
+    );
+}
+
+fn insert_text(headers: &mut HeaderMap, name: &str, value: &str) {
+    // Names and values come from the config or are formatted by us; a value that is still not
+    // a valid header is dropped rather than sent half-formed.
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_bytes(value.as_bytes()),
+    ) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> IdentityConfig {
+        IdentityConfig {
+            user_header: HeaderName::from_static("x-forwarded-user"),
+            groups_header: HeaderName::from_static("x-forwarded-groups"),
+            auth_method_header: HeaderName::from_static("x-forwarded-auth-method"),
+            forward_authorization: false,
+        }
+    }
+
+    fn rewrite(headers: &mut HeaderMap, trusted: bool) {
+        let config = config();
+        let id = HeaderValue::from_static("req-1");
+        let ctx = ForwardContext {
+            client_ip: "192.0.2.7".parse().unwrap(),
+            peer_trusted: trusted,
+            proto: "http",
+            host: Some(HeaderValue::from_static("example.com")),
+            request_id: &id,
+            identity: None,
+            config: &config,
+            preserve_host: false,
+        };
+        rewrite_request(headers, &ctx);
+    }
+
+    #[test]
+    fn spoofed_identity_is_removed_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in ["x-forwarded-user", "x_forwarded_user", "X-Forwarded_User", "x-real-ip", "x-original-url"] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("admin"));
+        }
+        rewrite(&mut h, false);
+        for name in ["x-forwarded-user", "x_forwarded_user", "x-real-ip", "x-original-url"] {
+            assert!(!h.contains_key(name), "{name} survived");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_remove_proxy_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("X-Forwarded-For, x-request-id, keep-alive"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        rewrite(&mut h, false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-request-id"], "req-1");
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(h.contains_key("x-custom"));
+    }
+
+    #[test]
+    fn connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        rewrite(&mut h, false);
+        assert!(!h.contains_key("x-secret-hop"));
+    }
+
+    #[test]
+    fn trusted_peers_extend_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        rewrite(&mut h, true);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.7");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        rewrite(&mut h, false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=\"example.com\"");
+    }
+
+    #[test]
+    fn upgrade_survives() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        rewrite(&mut h, false);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}
