@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OnceCell};
 
 use super::password::PasswordHash;
 use crate::config::{Scheme, User, UserDb};
@@ -34,6 +34,9 @@ const DUMMY_HASH: &str =
 pub struct PasswordVerifier {
     jobs: crossbeam_channel::Sender<Job>,
     cache: VerifiedCache,
+    /// Verifications under way, by tag: identical credentials arriving together (a client
+    /// opening many connections at once) share one hash instead of each queueing their own.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<OnceCell<bool>>>>,
     dummy: PasswordHash,
 }
 
@@ -62,6 +65,7 @@ impl PasswordVerifier {
         Arc::new(PasswordVerifier {
             jobs,
             cache: VerifiedCache::new(),
+            in_flight: Mutex::new(HashMap::new()),
             dummy: PasswordHash::parse(DUMMY_HASH).expect("the dummy hash is a valid PHC string"),
         })
     }
@@ -84,12 +88,33 @@ impl PasswordVerifier {
         if self.cache.contains(&tag) {
             return Ok(record.clone());
         }
-        if self.hash_check(record.hash.clone(), password).await? {
-            self.cache.insert(tag);
+        if self.shared_check(tag, &record.hash, password).await? {
             Ok(record.clone())
         } else {
             Err(Denial::of(Scheme::Basic, DenyReason::BadPassword, "wrong password").into())
         }
+    }
+
+    /// Runs one verification per tag at a time; later callers with the same tag wait for it.
+    async fn shared_check(&self, tag: [u8; 32], hash: &PasswordHash, password: &str) -> Result<bool, Failure> {
+        let cell = self.in_flight.lock().entry(tag).or_default().clone();
+        let outcome = cell
+            .get_or_try_init(|| async {
+                let ok = self.hash_check(hash.clone(), password).await?;
+                if ok {
+                    self.cache.insert(tag);
+                }
+                Ok::<bool, Failure>(ok)
+            })
+            .await
+            .copied();
+        // Whoever finishes first removes the entry; a failed attempt leaves the cell empty and
+        // the next caller starts afresh.
+        let mut in_flight = self.in_flight.lock();
+        if in_flight.get(&tag).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            in_flight.remove(&tag);
+        }
+        outcome
     }
 
     async fn hash_check(&self, hash: PasswordHash, password: &str) -> Result<bool, Failure> {

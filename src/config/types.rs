@@ -213,7 +213,7 @@ impl FromStr for RoutePath {
     fn from_str(text: &str) -> Result<Self, String> {
         crate::path::canonical_route_path(text)
             .map(RoutePath)
-            .map_err(|why| format!("invalid route path {text:?}: {why}"))
+            .map_err(|why| format!("invalid route path: {why}"))
     }
 }
 

@@ -89,7 +89,8 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
 fn parse(ctx: &Ctx<'_>) -> Result<FileConfig, ConfigError> {
     let deserializer = toml::Deserializer::new(ctx.text);
     serde_path_to_error::deserialize::<_, FileConfig>(deserializer).map_err(|err| {
-        let key = err.path().to_string();
+        // `Spanned` values add a private segment to the path; it means nothing to a reader.
+        let key = err.path().to_string().replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
         let inner = err.into_inner();
         ctx.err(inner.span(), &key, inner.message().trim().to_string())
