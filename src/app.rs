@@ -10,12 +10,14 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
 use crate::auth::{self, Identity, PasswordVerifier};
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, Scheme};
+use crate::login::{self, EndedNotice};
+use crate::session::Sessions;
 use crate::error::{DenyReason, Denial, Refusal};
 use crate::path;
 use crate::policy;
@@ -47,6 +49,7 @@ impl Runtime {
 pub struct App {
     runtime: ArcSwap<Runtime>,
     verifier: Arc<PasswordVerifier>,
+    sessions: Sessions,
 }
 
 /// What the server knows about the connection a request came on.
@@ -62,15 +65,30 @@ struct Exchange {
     route: Option<Arc<Route>>,
     format: Format,
     request_id: HeaderValue,
+    /// A GET/HEAD that asks for HTML: a person's browser navigating.
+    navigation: bool,
+    /// Normalised path and query, for the login page's `next`.
+    next: String,
+    /// A `Set-Cookie` to add to whatever response is sent.
+    set_cookie: Option<HeaderValue>,
+    /// A response already built by an endpoint that must still be logged as a denial.
+    logged_refusal: Option<Refusal>,
 }
 
 impl App {
-    /// Creates the app with an initial config.
-    pub fn new(config: Config) -> Arc<Self> {
-        Arc::new(App {
+    /// Creates the app with an initial config. Must run inside the tokio runtime.
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        let sessions = Sessions::new(&config.session)?;
+        Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             verifier: PasswordVerifier::start(),
-        })
+            sessions,
+        }))
+    }
+
+    /// The session manager.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The current runtime.
@@ -104,6 +122,11 @@ impl App {
             route: None,
             format: Format::from_headers(request.headers()),
             request_id,
+            navigation: matches!(*request.method(), Method::GET | Method::HEAD)
+                && Format::from_headers(request.headers()) == Format::Html,
+            next: String::new(),
+            set_cookie: None,
+            logged_refusal: None,
         };
         let ctx = RequestContext {
             client,
@@ -111,22 +134,50 @@ impl App {
         };
         let outcome = self.process(&runtime, request, &ctx, &mut exchange).await;
         let (mut response, refusal) = match outcome {
-            Ok(response) => (response, None),
-            Err(refusal) => {
-                let ctx = RefusalContext {
-                    route: exchange.route.as_deref(),
-                    format: exchange.format,
-                    request_id: &exchange.request_id,
-                    title: &config.pages.title,
-                };
-                (response::refusal(&refusal, &ctx), Some(refusal))
-            }
+            Ok(response) => (response, exchange.logged_refusal.take()),
+            Err(refusal) => (self.refuse(config, &refusal, &mut exchange), Some(refusal)),
         };
-        response
-            .headers_mut()
-            .insert(response::REQUEST_ID, exchange.request_id.clone());
+        let headers = response.headers_mut();
+        headers.insert(response::REQUEST_ID, exchange.request_id.clone());
+        if let Some(cookie) = exchange.set_cookie.take() {
+            headers.append(http::header::SET_COOKIE, cookie);
+        }
         exchange.record.emit(response.status(), refusal.as_ref());
         Ok(response)
+    }
+
+    /// The response for a refusal: a redirect to the login form for a person whose session is
+    /// missing or over, else the status, challenges and body of SPEC §4. A session cookie that
+    /// no longer works is cleared so a stale cookie never keeps a browser stuck.
+    fn refuse(&self, config: &Config, refusal: &Refusal, exchange: &mut Exchange) -> Response<Body> {
+        let session_reason = match refusal {
+            Refusal::Deny(d) => match d.reason {
+                DenyReason::SessionUnknown => Some(None),
+                DenyReason::SessionIdleTimeout => Some(Some(EndedNotice::Idle)),
+                DenyReason::SessionAbsoluteTimeout => Some(Some(EndedNotice::Absolute)),
+                DenyReason::MissingCredentials => Some(None),
+                _ => None,
+            },
+            Refusal::Fail(_) => None,
+        };
+        if let (Refusal::Deny(d), true) = (refusal, session_reason.is_some()) {
+            if d.reason != DenyReason::MissingCredentials {
+                exchange.set_cookie = Some(self.sessions.clear_cookie());
+            }
+        }
+        let accepts_session = exchange.route.as_ref().is_some_and(|r| r.accepts(Scheme::Session));
+        if let (Some(ended), true, true, true) =
+            (session_reason, accepts_session, exchange.navigation, config.login.enabled)
+        {
+            return login::redirect(StatusCode::FOUND, &login::login_url(&exchange.next, ended));
+        }
+        let ctx = RefusalContext {
+            route: exchange.route.as_deref(),
+            format: exchange.format,
+            request_id: &exchange.request_id,
+            title: &config.pages.title,
+        };
+        response::refusal(refusal, &ctx)
     }
 
     async fn process(
@@ -146,8 +197,12 @@ impl App {
         let normalized = path::normalize(uri.path())
             .map_err(|why| Denial::new(DenyReason::AmbiguousPath, why.to_string()))?;
         exchange.record.set_path(normalized.forward());
+        exchange.next = match request.uri().query() {
+            Some(query) => format!("{}?{query}", normalized.forward()),
+            None => normalized.forward().to_string(),
+        };
         if path::prefix_matches(RESERVED_PREFIX, normalized.for_matching(), true) {
-            return Err(Denial::new(DenyReason::NoRoute, "reserved /.portcullis/ path is not served").into());
+            return self.reserved(config, normalized.for_matching(), request, exchange).await;
         }
         let route = config
             .routes
@@ -160,13 +215,16 @@ impl App {
         let identity = if route.is_public() {
             None
         } else {
-            Some(auth::authenticate(config, &self.verifier, &route, request.headers()).await?)
+            Some(auth::authenticate(config, &self.verifier, &self.sessions, &route, request.headers()).await?)
         };
         if let Some(identity) = &identity {
             exchange.record.user = Some(identity.user().to_string());
             exchange.record.auth_method = Some(identity.method.as_str());
         }
         policy::authorize(&route, identity.as_ref(), request.method())?;
+        if let Some(identity) = &identity {
+            self.start_browser_session(&route, identity, exchange).await?;
+        }
 
         let path_and_query = upstream_target(normalized.forward(), request.uri().query())?;
         let response = self
@@ -174,6 +232,43 @@ impl App {
             .await?;
         exchange.record.upstream_status = Some(response.status().as_u16());
         Ok(response)
+    }
+
+    /// A Basic login from a browser also gets a session, so the session's idle and absolute
+    /// timeouts apply to it (SPEC §3).
+    async fn start_browser_session(&self, route: &Route, identity: &Identity, exchange: &mut Exchange) -> Result<(), Refusal> {
+        if identity.method != Scheme::Basic || !exchange.navigation || !route.accepts(Scheme::Session) {
+            return Ok(());
+        }
+        let id = self.sessions.create(identity.user()).await?;
+        exchange.set_cookie = Some(self.sessions.set_cookie(&id));
+        Ok(())
+    }
+
+    /// `/.portcullis/…`: the proxy's own endpoints, never forwarded.
+    async fn reserved(
+        &self,
+        config: &Config,
+        path: &str,
+        request: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, Refusal> {
+        exchange.record.route = Some(RESERVED_PREFIX.to_string());
+        let endpoints = login::Endpoints {
+            config,
+            verifier: &self.verifier,
+            sessions: &self.sessions,
+        };
+        let outcome = endpoints
+            .serve(path, request)
+            .await
+            .unwrap_or_else(|| Err(Denial::new(DenyReason::NoRoute, "reserved /.portcullis/ path is not served").into()))?;
+        exchange.record.user = outcome.user;
+        if exchange.record.user.is_some() {
+            exchange.record.auth_method = Some(Scheme::Session.as_str());
+        }
+        exchange.logged_refusal = outcome.refusal;
+        Ok(outcome.response)
     }
 
     async fn forward(
@@ -205,6 +300,7 @@ impl App {
             preserve_host: config.upstream.preserve_host,
         };
         rewrite_request(request.headers_mut(), &forward_ctx);
+        self.sessions.strip_cookie(request.headers_mut());
         Ok(runtime.upstream.forward(request, path_and_query).await?)
     }
 }

@@ -251,9 +251,10 @@ fn deny_status(denial: &Denial) -> StatusCode {
         // RFC 7617 has no error parameter, so a broken Basic credential is just not accepted;
         // RFC 6750 calls a broken bearer request `invalid_request` (400), and two
         // Authorization headers (no scheme) are a malformed request whatever the route.
+        // A broken login form (or one posted cross-site) is a bad request too.
         DenyReason::MalformedCredentials => match denial.scheme {
-            Some(Scheme::Basic) | Some(Scheme::Session) => StatusCode::UNAUTHORIZED,
-            Some(Scheme::Bearer) | None => StatusCode::BAD_REQUEST,
+            Some(Scheme::Basic) => StatusCode::UNAUTHORIZED,
+            Some(Scheme::Bearer) | Some(Scheme::Session) | None => StatusCode::BAD_REQUEST,
         },
         DenyReason::UserNotAllowed | DenyReason::InsufficientScope | DenyReason::NoRoute => {
             StatusCode::FORBIDDEN

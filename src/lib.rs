@@ -14,11 +14,13 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod login;
 pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod response;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 
 use std::future::Future;
@@ -42,7 +44,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         routes = %routes.join(","),
         "listening"
     );
-    let app = app::App::new(config);
+    let app = app::App::new(config).map_err(std::io::Error::other)?;
     server::serve(app, listeners, &settings, shutdown).await;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub use basic::PasswordVerifier;
 pub use credentials::Credential;
 
 use crate::config::{Config, Route, Scheme, StaticToken, User};
+use crate::session::{ActiveSession, Sessions};
 use crate::error::{DenyReason, Denial, Refusal};
 
 /// Who the caller is, once authenticated.
@@ -23,6 +24,8 @@ pub struct Identity {
     pub principal: Principal,
     /// The scheme that authenticated it.
     pub method: Scheme,
+    /// The session that authenticated it, when `method` is `session`.
+    pub session: Option<ActiveSession>,
 }
 
 /// The configured entity a credential belongs to.
@@ -60,14 +63,22 @@ impl Identity {
     }
 }
 
-/// Authenticates a request for `route` (which must not be public). The route's schemes are
-/// tried in order against the one credential the request carries.
+/// Authenticates a request for `route` (which must not be public).
+///
+/// A session cookie is looked at first on routes that accept sessions: a valid one admits
+/// without hashing, and an ended one is refused even when Basic credentials come with it, so
+/// that a browser's Basic login is bound by the session's idle and absolute timeouts too.
+/// Otherwise the one `Authorization` credential is checked against the route's schemes.
 pub async fn authenticate(
     config: &Config,
     verifier: &PasswordVerifier,
+    sessions: &Sessions,
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Identity, Refusal> {
+    if route.accepts(Scheme::Session) && sessions.has_cookie(headers) {
+        return session_identity(config, sessions, headers).await;
+    }
     let credential = credentials::parse(headers)?;
     match credential {
         Credential::None => Err(missing(route, "no credentials were sent").into()),
@@ -85,6 +96,7 @@ pub async fn authenticate(
             Ok(Identity {
                 principal: Principal::User(user),
                 method: Scheme::Basic,
+                session: None,
             })
         }
         Credential::Bearer(token) => {
@@ -96,9 +108,27 @@ pub async fn authenticate(
             Ok(Identity {
                 principal: Principal::Token(found),
                 method: Scheme::Bearer,
+                session: None,
             })
         }
     }
+}
+
+async fn session_identity(config: &Config, sessions: &Sessions, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    let id = sessions.cookie(headers).ok_or_else(|| {
+        Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session cookie is not one this proxy issued")
+    })?;
+    let active = sessions.check(id).await?;
+    // The user is looked up in the current config on every request: removing a user or
+    // changing their groups applies to their open sessions at once.
+    let user = config.users.get(&active.record.user).ok_or_else(|| {
+        Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session's user is no longer configured")
+    })?;
+    Ok(Identity {
+        principal: Principal::User(user.clone()),
+        method: Scheme::Session,
+        session: Some(active),
+    })
 }
 
 fn missing(route: &Route, detail: impl Into<std::borrow::Cow<'static, str>>) -> Denial {

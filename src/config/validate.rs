@@ -49,6 +49,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let users = users(&ctx, &file)?;
     let tokens = tokens(&ctx, &file)?;
     let routes = routes(&ctx, &file, &users, &tokens)?;
+    session(&ctx, &file)?;
     if !file.routes.iter().any(|r| r.path.get_ref().as_str() == "/") {
         warnings.push("no route for \"/\": requests outside the listed routes get 403 (no_route)".to_string());
     }
@@ -56,8 +57,8 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
         warnings.push("[jwt] is parsed but JWT verification is not available in this version: every JWT is refused".to_string());
     }
     let uses_sessions = routes.iter().any(|r| r.accepts(Scheme::Session));
-    if uses_sessions {
-        warnings.push("routes accept `session`, but session sign-in is not available in this version: those routes rely on their other schemes".to_string());
+    if uses_sessions && !file.login.enabled {
+        warnings.push("routes accept `session` but [login] enabled = false: sessions can then only start from a browser's Basic login".to_string());
     }
     Ok(Config {
         source: path.to_path_buf(),
@@ -135,6 +136,40 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
         workers: s.workers,
         shutdown_grace: s.shutdown_grace.0,
     })
+}
+
+/// `[session]` and `[login]`: cookie attributes, timeouts, store and redirects.
+fn session(ctx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError> {
+    let s = &file.session;
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if s.cookie_name.is_empty() || !s.cookie_name.chars().all(token_char) {
+        return Err(ctx.err(None, "session.cookie_name", "expected a cookie name made of letters, digits and -_."));
+    }
+    if s.idle_timeout.0.is_zero() || s.absolute_timeout.0 < s.idle_timeout.0 {
+        return Err(ctx.err(
+            None,
+            "session.absolute_timeout",
+            format!(
+                "expected a non-zero idle_timeout ({}) no longer than absolute_timeout ({})",
+                s.idle_timeout, s.absolute_timeout
+            ),
+        ));
+    }
+    let domain_ok = s.cookie_domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !domain_ok {
+        return Err(ctx.err(None, "session.cookie_domain", "expected a domain name such as \"example.com\""));
+    }
+    if let Some(url) = &s.redis_url {
+        if let Err(err) = redis::Client::open(url.as_str()) {
+            return Err(ctx.err(None, "session.redis_url", format!("expected a redis:// URL: {err}")));
+        }
+    } else if s.store == super::file::SessionStoreKind::Redis {
+        return Err(ctx.err(None, "session.redis_url", "session.store = \"redis\" needs a redis_url"));
+    }
+    if crate::login::safe_next(&file.login.after_logout) != file.login.after_logout {
+        return Err(ctx.err(None, "login.after_logout", "expected a same-site path starting with '/', such as \"/\""));
+    }
+    Ok(())
 }
 
 fn users(ctx: &Ctx<'_>, file: &FileConfig) -> Result<UserDb, ConfigError> {

@@ -1,0 +1,312 @@
+//! Cookie sessions: ids, cookies, idle and absolute deadlines. Where sessions live is the
+//! store's business (`store.rs`: memory or Redis); what a session means is decided here.
+
+mod redis_store;
+mod store;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::header::{HeaderValue, COOKIE};
+use http::HeaderMap;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+pub use store::{Store, StoreError};
+
+use crate::config::SessionSection;
+use crate::error::{DenyReason, Denial, FailReason, Failure, Refusal};
+use crate::config::Scheme;
+
+/// A session id is 32 random bytes (256 bits) in URL-safe base64: 43 characters.
+const ID_BYTES: usize = 32;
+const ID_CHARS: usize = 43;
+
+/// How long a store keeps a session after it ended, so that a late request is still told it
+/// ended for inactivity or age rather than that it is unknown. Redis keys expire this long
+/// after the session's absolute end.
+pub const TOMBSTONE_GRACE_MS: u64 = 60_000;
+
+/// What the store keeps about a session. The id itself is never stored: the store's key is
+/// the SHA-256 of the id, so a leaked store dump cannot be replayed as cookies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Who signed in.
+    pub user: String,
+    /// When the session began (Unix milliseconds).
+    pub created_ms: u64,
+    /// Last admitted request (Unix milliseconds), as last written to the store.
+    pub last_seen_ms: u64,
+}
+
+/// The store key of a session id.
+pub type SessionKey = [u8; 32];
+
+/// A valid session and what the caller may be told about it.
+#[derive(Debug, Clone)]
+pub struct ActiveSession {
+    /// The record (with `last_seen_ms` updated to now).
+    pub record: SessionRecord,
+    /// When it will end for inactivity (Unix milliseconds).
+    pub idle_expires_ms: u64,
+    /// When it will end whatever happens (Unix milliseconds).
+    pub absolute_expires_ms: u64,
+}
+
+/// Session policy plus the store.
+pub struct Sessions {
+    store: Store,
+    cookie_name: String,
+    idle: Duration,
+    absolute: Duration,
+    secure: bool,
+    domain: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Sessions {
+    /// Builds the session manager and its store from `[session]`. Must run inside the tokio
+    /// runtime (the memory store sweeps in the background; Redis connects lazily).
+    pub fn new(config: &SessionSection) -> Result<Self, String> {
+        let store = Store::new(config)?;
+        Ok(Sessions {
+            store,
+            cookie_name: config.cookie_name.clone(),
+            idle: config.idle_timeout.0,
+            absolute: config.absolute_timeout.0,
+            secure: config.cookie_secure,
+            domain: (!config.cookie_domain.is_empty()).then(|| config.cookie_domain.clone()),
+        })
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle
+    }
+
+    /// The absolute timeout.
+    pub fn absolute_timeout(&self) -> Duration {
+        self.absolute
+    }
+
+    /// The store (for readiness).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The session cookie's value, when the request carries a well-formed one.
+    pub fn cookie<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        cookie_value(headers, &self.cookie_name).filter(|v| well_formed_id(v))
+    }
+
+    /// Whether the request carries a cookie of our name at all (well-formed or not).
+    pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
+        cookie_value(headers, &self.cookie_name).is_some()
+    }
+
+    /// Checks a session id; on success moves the idle deadline (writing the store at most
+    /// once per tenth of the idle timeout) and never the absolute one.
+    pub async fn check(&self, id: &str) -> Result<ActiveSession, Refusal> {
+        let key = store_key(id);
+        let now = now_ms();
+        let record = self
+            .store
+            .get(&key)
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(|| Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session is not known to the store"))?;
+        let absolute_expires_ms = record.created_ms.saturating_add(millis(self.absolute));
+        if now >= absolute_expires_ms {
+            let _ = self.store.delete(&key).await;
+            return Err(Denial::of(
+                Scheme::Session,
+                DenyReason::SessionAbsoluteTimeout,
+                format!("the session reached its absolute lifetime of {}", crate::config::HumanDuration(self.absolute)),
+            )
+            .into());
+        }
+        if now >= record.last_seen_ms.saturating_add(millis(self.idle)) {
+            let _ = self.store.delete(&key).await;
+            return Err(Denial::of(
+                Scheme::Session,
+                DenyReason::SessionIdleTimeout,
+                format!("the session was idle for longer than {}", crate::config::HumanDuration(self.idle)),
+            )
+            .into());
+        }
+        let mut record = record;
+        if now.saturating_sub(record.last_seen_ms) >= millis(self.idle) / 10 {
+            self.store
+                .touch(&key, now, absolute_expires_ms)
+                .await
+                .map_err(store_failure)?;
+            record.last_seen_ms = now;
+        }
+        let idle_expires_ms = record
+            .last_seen_ms
+            .saturating_add(millis(self.idle))
+            .min(absolute_expires_ms);
+        Ok(ActiveSession {
+            record,
+            idle_expires_ms,
+            absolute_expires_ms,
+        })
+    }
+
+    /// Starts a session for `user` under a fresh id (never one the client offered).
+    pub async fn create(&self, user: &str) -> Result<String, Failure> {
+        let mut bytes = [0u8; ID_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let now = now_ms();
+        let record = SessionRecord {
+            user: user.to_string(),
+            created_ms: now,
+            last_seen_ms: now,
+        };
+        let expires = now.saturating_add(millis(self.absolute));
+        // The store forgets the session TOMBSTONE_GRACE after its absolute end (see there).
+        self.store
+            .put(&store_key(&id), &record, expires)
+            .await
+            .map_err(store_failure)?;
+        Ok(id)
+    }
+
+    /// Ends a session in the store; its cookie is refused from now on, even if replayed.
+    pub async fn delete(&self, id: &str) -> Result<(), Failure> {
+        self.store.delete(&store_key(id)).await.map_err(store_failure)
+    }
+
+    /// `Set-Cookie` for a new session.
+    pub fn set_cookie(&self, id: &str) -> HeaderValue {
+        let max_age = self.absolute.as_secs();
+        self.cookie_header(id, Some(max_age))
+    }
+
+    /// `Set-Cookie` that makes the browser forget the session cookie.
+    pub fn clear_cookie(&self) -> HeaderValue {
+        self.cookie_header("", Some(0))
+    }
+
+    fn cookie_header(&self, value: &str, max_age: Option<u64>) -> HeaderValue {
+        let mut text = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", self.cookie_name);
+        if let Some(age) = max_age {
+            text.push_str(&format!("; Max-Age={age}"));
+        }
+        if self.secure {
+            text.push_str("; Secure");
+        }
+        if let Some(domain) = &self.domain {
+            text.push_str("; Domain=");
+            text.push_str(domain);
+        }
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("portcullis_session=; Max-Age=0"))
+    }
+
+    /// Removes our cookie from a `Cookie` header so the upstream never sees the session id.
+    pub fn strip_cookie(&self, headers: &mut HeaderMap) {
+        strip_cookie(headers, &self.cookie_name);
+    }
+}
+
+fn store_failure(err: StoreError) -> Failure {
+    Failure::new(FailReason::StoreUnavailable, format!("session store: {err}"))
+}
+
+/// The SHA-256 of a session id: what the store is keyed by.
+pub fn store_key(id: &str) -> SessionKey {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+fn well_formed_id(value: &str) -> bool {
+    value.len() == ID_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Finds a cookie by name in the request's `Cookie` headers (RFC 6265 §5.4 pairs).
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Drops `name` from every `Cookie` header, removing headers left empty.
+pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let mut kept: Vec<HeaderValue> = Vec::new();
+    let mut changed = false;
+    for value in headers.get_all(COOKIE) {
+        let Ok(text) = value.to_str() else {
+            kept.push(value.clone());
+            continue;
+        };
+        let pairs: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != name)
+            .collect();
+        let rebuilt = pairs.join("; ");
+        if rebuilt.len() != text.trim().len() {
+            changed = true;
+        }
+        if let Ok(v) = HeaderValue::from_str(&rebuilt) {
+            if !rebuilt.is_empty() {
+                kept.push(v);
+            }
+        }
+    }
+    if !changed {
+        return;
+    }
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_and_stripped() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; portcullis_session=abc; b=2"));
+        h.append(COOKIE, HeaderValue::from_static("portcullis_session=def"));
+        assert_eq!(cookie_value(&h, "portcullis_session"), Some("abc"));
+        strip_cookie(&mut h, "portcullis_session");
+        let all: Vec<_> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(all, vec!["a=1; b=2"]);
+    }
+
+    #[test]
+    fn ids_must_look_like_ours() {
+        assert!(well_formed_id(&"A".repeat(43)));
+        assert!(!well_formed_id(&"A".repeat(42)));
+        assert!(!well_formed_id(&format!("{}=", "A".repeat(42))));
+    }
+
+    #[test]
+    fn store_key_is_not_the_id() {
+        let id = "x".repeat(43);
+        assert_ne!(&store_key(&id)[..], id.as_bytes());
+    }
+}

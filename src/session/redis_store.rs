@@ -1,0 +1,127 @@
+//! Sessions in Redis, so several instances share them. Keys carry a TTL equal to the
+//! session's remaining absolute lifetime, so Redis forgets them by itself.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use super::{SessionKey, SessionRecord, StoreError};
+
+/// Longest wait for Redis before the request fails closed with 503.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+const KEY_PREFIX: &str = "portcullis:session:";
+
+/// Touches a session only if it still exists: a logout on another instance must not be undone
+/// by a late idle refresh here.
+const TOUCH_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 's', ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// A lazily connected Redis session store; the connection manager reconnects by itself after
+/// Redis restarts.
+pub struct RedisStore {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    touch: redis::Script,
+}
+
+impl RedisStore {
+    /// Validates the URL; connects on first use.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid session.redis_url: {e}"))?;
+        Ok(RedisStore {
+            client,
+            connection: OnceCell::new(),
+            touch: redis::Script::new(TOUCH_SCRIPT),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| async {
+                let connecting = ConnectionManager::new(self.client.clone());
+                match tokio::time::timeout(OP_TIMEOUT, connecting).await {
+                    Ok(Ok(manager)) => Ok(manager),
+                    Ok(Err(err)) => Err(StoreError::Redis(err.to_string())),
+                    Err(_) => Err(StoreError::Redis("connect timed out".to_string())),
+                }
+            })
+            .await?;
+        Ok(manager.clone())
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(OP_TIMEOUT, command.query_async(&mut connection)).await {
+            Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Redis("timed out".to_string())),
+        }
+    }
+
+    pub(super) async fn get(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+        let fields: HashMap<String, String> = self.run(redis::cmd("HGETALL").arg(redis_key(key))).await?;
+        let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+        let record = match (fields.get("u"), number("c"), number("s")) {
+            (Some(user), Some(created_ms), Some(last_seen_ms)) => Some(SessionRecord {
+                user: user.clone(),
+                created_ms,
+                last_seen_ms,
+            }),
+            _ => None,
+        };
+        Ok(record)
+    }
+
+    pub(super) async fn put(&self, key: &SessionKey, record: &SessionRecord, expires_ms: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let name = redis_key(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&name)
+            .arg("u")
+            .arg(&record.user)
+            .arg("c")
+            .arg(record.created_ms)
+            .arg("s")
+            .arg(record.last_seen_ms)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&name)
+            .arg(expires_ms.saturating_add(super::TOMBSTONE_GRACE_MS))
+            .ignore();
+        match tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+            Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Redis("timed out".to_string())),
+        }
+    }
+
+    pub(super) async fn touch(&self, key: &SessionKey, now_ms: u64, _expires_ms: u64) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.touch.key(redis_key(key));
+        invocation.arg(now_ms);
+        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
+            Ok(result) => result.map(|_| ()).map_err(|e| StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Redis("timed out".to_string())),
+        }
+    }
+
+    pub(super) async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.run::<i64>(redis::cmd("DEL").arg(redis_key(key))).await.map(|_| ())
+    }
+
+    pub(super) async fn ping(&self) -> bool {
+        self.run::<String>(&redis::cmd("PING")).await.is_ok()
+    }
+}
+
+fn redis_key(key: &SessionKey) -> String {
+    format!("{KEY_PREFIX}{}", hex::encode(key))
+}
