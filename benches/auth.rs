@@ -1,0 +1,2 @@
+//! Authentication benchmarks (filled in with the JWT work).
+fn main() {}
