@@ -41,6 +41,10 @@ impl Runtime {
     /// Builds the runtime for a config.
     pub fn new(config: Config) -> Self {
         let upstream = Upstream::new(&config.upstream);
+        // `[jwt] jwks_url`: first fetch and periodic refresh (ends when this config is dropped).
+        if let Some(jwt) = &config.jwt {
+            jwt.spawn_refresh();
+        }
         Runtime { config, upstream }
     }
 }

@@ -1,12 +1,37 @@
-//! Bearer tokens: static API tokens, stored only as their SHA-256.
+//! Bearer tokens (RFC 6750): static API tokens, stored only as their SHA-256, and JWTs.
+//!
+//! Which kind a token is: with `[jwt]` configured, a token shaped like a JWT (three base64url
+//! parts whose first is a JSON header with an `alg`) is verified as a JWT and never looked up
+//! as a static token; anything else is looked up among `[[tokens]]`. Static tokens from
+//! `portcullis gen-token` contain no dots, so the two never overlap.
 
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Scheme, StaticToken};
+use super::jwt::Token;
+use super::Principal;
+use crate::config::{Config, Scheme, StaticToken};
 use crate::error::{DenyReason, Denial};
+
+/// Checks a well-formed bearer token against `[jwt]` and `[[tokens]]`.
+pub async fn authenticate(config: &Config, token: &str) -> Result<Principal, Denial> {
+    let now = unix_now();
+    let jwt = Token::parse(token);
+    if let (Some(verifier), Some(jwt)) = (&config.jwt, &jwt) {
+        return verifier.verify(jwt, now).await.map(|id| Principal::Jwt(Arc::new(id)));
+    }
+    match check_static(&config.tokens, token, now) {
+        Ok(found) => Ok(Principal::Token(found)),
+        Err(denial) if denial.reason == DenyReason::UnknownToken && jwt.is_some() => Err(Denial::of(
+            Scheme::Bearer,
+            DenyReason::UnknownToken,
+            "the token is a JWT, but JWTs are not accepted ([jwt] is not configured)",
+        )),
+        Err(denial) => Err(denial),
+    }
+}
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {

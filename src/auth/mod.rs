@@ -4,6 +4,8 @@
 pub mod basic;
 pub mod bearer;
 pub mod credentials;
+pub mod jwks;
+pub mod jwt;
 pub mod password;
 
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub enum Principal {
     User(Arc<User>),
     /// A static bearer token.
     Token(Arc<StaticToken>),
+    /// A verified bearer JWT: the caller its claims name.
+    Jwt(Arc<jwt::JwtIdentity>),
 }
 
 impl Identity {
@@ -43,6 +47,7 @@ impl Identity {
         match &self.principal {
             Principal::User(u) => &u.name,
             Principal::Token(t) => &t.name,
+            Principal::Jwt(j) => &j.user,
         }
     }
 
@@ -51,6 +56,7 @@ impl Identity {
         match &self.principal {
             Principal::User(u) => &u.groups,
             Principal::Token(t) => &t.groups,
+            Principal::Jwt(j) => &j.groups,
         }
     }
 
@@ -59,6 +65,7 @@ impl Identity {
         match &self.principal {
             Principal::User(_) => &[],
             Principal::Token(t) => &t.scopes,
+            Principal::Jwt(j) => &j.scopes,
         }
     }
 }
@@ -104,9 +111,9 @@ pub async fn authenticate(
                 return Err(missing(route, "sent a Bearer credential, which this route does not accept").into());
             }
             let token = token.map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
-            let found = bearer::check_static(&config.tokens, token, bearer::unix_now())?;
+            let principal = bearer::authenticate(config, token).await?;
             Ok(Identity {
-                principal: Principal::Token(found),
+                principal,
                 method: Scheme::Bearer,
                 session: None,
             })

@@ -35,7 +35,7 @@ pub struct FileConfig {
     pub users_file: Option<UsersFileSection>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
-    pub jwt: Option<JwtSection>,
+    pub jwt: Option<Spanned<JwtSection>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteEntry>,
 }
@@ -248,17 +248,17 @@ pub struct TokenEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSection {
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub algorithms: Vec<String>,
-    pub jwks_file: Option<String>,
-    pub jwks_url: Option<String>,
-    pub hmac_secret_file: Option<String>,
-    pub jwks_refresh: Option<HumanDuration>,
-    pub leeway: Option<HumanDuration>,
-    pub user_claim: Option<String>,
-    pub groups_claim: Option<String>,
-    pub scope_claim: Option<String>,
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub hmac_secret_file: Option<Spanned<String>>,
+    pub jwks_refresh: Option<Spanned<HumanDuration>>,
+    pub leeway: Option<Spanned<HumanDuration>>,
+    pub user_claim: Option<Spanned<String>>,
+    pub groups_claim: Option<Spanned<String>>,
+    pub scope_claim: Option<Spanned<String>>,
 }
 
 /// An authentication scheme a route accepts.

@@ -42,6 +42,8 @@ pub struct Config {
     pub users: UserDb,
     /// `[[tokens]]`
     pub tokens: Vec<Arc<StaticToken>>,
+    /// `[jwt]`: the JWT verifier with its keys, if bearer JWTs are accepted.
+    pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
     /// The compiled `[[route]]` table.
     pub routes: RouteTable,
     /// Things `check` should point out that are not errors.

@@ -53,9 +53,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if !file.routes.iter().any(|r| r.path.get_ref().as_str() == "/") {
         warnings.push("no route for \"/\": requests outside the listed routes get 403 (no_route)".to_string());
     }
-    if file.jwt.is_some() {
-        warnings.push("[jwt] is parsed but JWT verification is not available in this version: every JWT is refused".to_string());
-    }
+    let jwt = jwt(&ctx, &file, &mut warnings)?;
     let uses_sessions = routes.iter().any(|r| r.accepts(Scheme::Session));
     if uses_sessions && !file.login.enabled {
         warnings.push("routes accept `session` but [login] enabled = false: sessions can then only start from a browser's Basic login".to_string());
@@ -81,9 +79,26 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
         rate_limit: file.rate_limit,
         users,
         tokens,
+        jwt,
         routes: RouteTable::new(routes),
         warnings,
     })
+}
+
+/// `[jwt]`: validated and its keys loaded by `auth::jwt`, with errors pointing into this file.
+fn jwt(
+    ctx: &Ctx<'_>,
+    file: &FileConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Arc<crate::auth::jwt::JwtVerifier>>, ConfigError> {
+    let Some(section) = &file.jwt else { return Ok(None) };
+    let load = crate::auth::jwt::LoadContext {
+        resolve: &|file| ctx.resolve(file),
+        error: &|span, key, message| ctx.err(span, key, message),
+    };
+    let (verifier, notes) = crate::auth::jwt::from_section(section.get_ref(), section.span(), &load)?;
+    warnings.extend(notes);
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// Deserialises the file; serde errors keep the TOML span and gain the key path.
