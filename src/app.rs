@@ -18,16 +18,14 @@ use crate::auth::{self, Identity, PasswordVerifier};
 use crate::config::{Config, Route, Scheme};
 use crate::login::{self, EndedNotice};
 use crate::session::Sessions;
-use crate::error::{DenyReason, Denial, Refusal};
-use crate::path;
-use crate::policy;
+use crate::error::{DenyReason, Denial, FailReason, Refusal};
+use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
+use crate::policy::{self, Target, RESERVED_PREFIX};
 use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
 use crate::response::{self, Body, Format, RefusalContext};
 use crate::telemetry::access::AccessRecord;
 
-/// Paths under this prefix are the proxy's own and never forwarded.
-const RESERVED_PREFIX: &str = "/.portcullis";
 
 /// A configuration with everything built from it; swapped whole on reload.
 pub struct Runtime {
@@ -54,6 +52,7 @@ pub struct App {
     runtime: ArcSwap<Runtime>,
     verifier: Arc<PasswordVerifier>,
     sessions: Sessions,
+    metrics: Metrics,
 }
 
 /// What the server knows about the connection a request came on.
@@ -61,6 +60,8 @@ pub struct App {
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
 }
 
 /// Per-request state gathered while deciding, for the refusal response and the log.
@@ -87,7 +88,45 @@ impl App {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             verifier: PasswordVerifier::start(),
             sessions,
+            metrics: Metrics::default(),
         }))
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        if let Some(live) = self.sessions.store().memory_len() {
+            self.metrics.live_sessions.set(i64::try_from(live).unwrap_or(i64::MAX));
+        }
+        self.metrics.render()
+    }
+
+    /// What keeps the proxy from being ready (empty when ready): the session store must answer
+    /// when a route uses sessions.
+    pub async fn readiness_problems(&self) -> Vec<String> {
+        let runtime = self.runtime();
+        let mut problems = Vec::new();
+        let uses_sessions = runtime.config.routes.iter().any(|r| r.accepts(Scheme::Session));
+        if uses_sessions && !self.sessions.store().ready().await {
+            problems.push("session store unreachable".to_string());
+        }
+        problems
+    }
+
+    /// Swaps in a new configuration for new requests; in-flight requests finish on the old
+    /// one. Logs what changed (names only).
+    pub fn reload(&self, config: Config) {
+        let old = self.runtime.load_full();
+        for change in crate::config::diff(&old.config, &config) {
+            tracing::info!(change = %change, "config change");
+        }
+        self.runtime.store(Arc::new(Runtime::new(config)));
+        self.metrics.reloads.get_or_create(&OutcomeLabels { outcome: "success" }).inc();
+        tracing::info!("configuration reloaded");
     }
 
     /// The session manager.
@@ -122,6 +161,7 @@ impl App {
                 auth_method: None,
                 upstream_status: None,
                 http_version: request.version(),
+                tls: conn.tls,
             },
             route: None,
             format: Format::from_headers(request.headers()),
@@ -135,6 +175,7 @@ impl App {
         let ctx = RequestContext {
             client,
             peer_trusted,
+            tls: conn.tls,
         };
         let outcome = self.process(&runtime, request, &ctx, &mut exchange).await;
         let (mut response, refusal) = match outcome {
@@ -147,6 +188,11 @@ impl App {
             headers.append(http::header::SET_COOKIE, cookie);
         }
         exchange.record.emit(response.status(), refusal.as_ref());
+        self.metrics.record_request(
+            exchange.record.route.as_deref(),
+            response.status().as_u16(),
+            refusal.as_ref().map(Refusal::reason_code),
+        );
         Ok(response)
     }
 
@@ -198,28 +244,27 @@ impl App {
         if request.version() < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
             return Err(Denial::new(DenyReason::AmbiguousPath, "request target is not in origin form").into());
         }
-        let normalized = path::normalize(uri.path())
-            .map_err(|why| Denial::new(DenyReason::AmbiguousPath, why.to_string()))?;
+        let (normalized, target) = policy::resolve(&config.routes, uri.path())?;
         exchange.record.set_path(normalized.forward());
         exchange.next = match request.uri().query() {
             Some(query) => format!("{}?{query}", normalized.forward()),
             None => normalized.forward().to_string(),
         };
-        if path::prefix_matches(RESERVED_PREFIX, normalized.for_matching(), true) {
-            return self.reserved(config, normalized.for_matching(), request, exchange).await;
-        }
-        let route = config
-            .routes
-            .find(normalized.for_matching())
-            .ok_or_else(|| Denial::new(DenyReason::NoRoute, "no route matches the path"))?
-            .clone();
+        let route = match target {
+            Target::Reserved => return self.reserved(config, normalized.for_matching(), request, exchange).await,
+            Target::NoRoute => return Err(policy::no_route().into()),
+            Target::Route(route) => route.clone(),
+        };
         exchange.record.route = Some(route.path.to_string());
         exchange.route = Some(route.clone());
 
         let identity = if route.is_public() {
             None
         } else {
-            Some(auth::authenticate(config, &self.verifier, &self.sessions, &route, request.headers()).await?)
+            let started = Instant::now();
+            let result = auth::authenticate(config, &self.verifier, &self.sessions, &route, request.headers()).await;
+            self.observe_auth(&result, started);
+            Some(result?)
         };
         if let Some(identity) = &identity {
             exchange.record.user = Some(identity.user().to_string());
@@ -236,6 +281,21 @@ impl App {
             .await?;
         exchange.record.upstream_status = Some(response.status().as_u16());
         Ok(response)
+    }
+
+    /// Records verification latency under the scheme that was checked.
+    fn observe_auth(&self, result: &Result<Identity, Refusal>, started: Instant) {
+        let scheme = match result {
+            Ok(identity) => Some(identity.method),
+            Err(Refusal::Deny(denial)) => denial.scheme,
+            Err(Refusal::Fail(_)) => None,
+        };
+        if let Some(scheme) = scheme {
+            self.metrics
+                .auth_seconds
+                .get_or_create(&SchemeLabels { scheme: scheme.as_str() })
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
 
     /// A Basic login from a browser also gets a session, so the session's idle and absolute
@@ -296,7 +356,7 @@ impl App {
         let forward_ctx = ForwardContext {
             client_ip: ctx.client,
             peer_trusted: ctx.peer_trusted,
-            proto: "http",
+            proto: if ctx.tls { "https" } else { "http" },
             host,
             request_id,
             identity,
@@ -305,13 +365,24 @@ impl App {
         };
         rewrite_request(request.headers_mut(), &forward_ctx);
         self.sessions.strip_cookie(request.headers_mut());
-        Ok(runtime.upstream.forward(request, path_and_query).await?)
+        let started = Instant::now();
+        let result = runtime.upstream.forward(request, path_and_query).await;
+        self.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(failure) = &result {
+            let kind = match failure.reason {
+                FailReason::UpstreamTimeout => "timeout",
+                _ => "unreachable",
+            };
+            self.metrics.upstream_errors.get_or_create(&ErrorKindLabels { kind }).inc();
+        }
+        Ok(result?)
     }
 }
 
 struct RequestContext {
     client: std::net::IpAddr,
     peer_trusted: bool,
+    tls: bool,
 }
 
 /// `normalised path` + `?` + the original query, as the upstream's request target.

@@ -45,6 +45,19 @@ pub enum Command {
     },
     /// Validate the configuration and print the effective routes.
     Check,
+    /// Show which route a request would match and whether a user would be admitted, and why.
+    Explain {
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request path as a client would send it (query allowed).
+        path: String,
+        /// Decide for this user (a [[users]]/htpasswd user, a token name, or a JWT subject).
+        #[arg(long)]
+        user: Option<String>,
+        /// The user's groups (default: the configured user's groups).
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+    },
     /// Read a password and print its argon2id hash for `password_hash`.
     HashPassword,
     /// Print a new random bearer token and the `token_sha256` line for it.
@@ -66,6 +79,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Demo { listen } => demo(listen, format, &cli.log_level),
         Command::Check => match require_config(cli.config.as_deref()) {
             Ok(path) => check(&path),
+            Err(code) => code,
+        },
+        Command::Explain { method, path, user, groups } => match require_config(cli.config.as_deref()) {
+            Ok(config) => explain(&config, &method, &path, user.as_deref(), groups),
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
@@ -96,7 +113,7 @@ fn run(path: &Path, format: LogFormat, level: &str) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!(config = %path.display(), "{warning}");
     }
-    serve(config)
+    serve(config, Some(path.to_path_buf()))
 }
 
 fn demo(listen: SocketAddr, format: LogFormat, level: &str) -> ExitCode {
@@ -119,12 +136,12 @@ fn demo(listen: SocketAddr, format: LogFormat, level: &str) -> ExitCode {
     };
     println!("{}", crate::demo::banner(listen));
     let _ = std::io::stdout().flush();
-    serve_on(runtime, config)
+    serve_on(runtime, config, None)
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, reload_from: Option<PathBuf>) -> ExitCode {
     match build_runtime(config.server.workers) {
-        Ok(runtime) => serve_on(runtime, config),
+        Ok(runtime) => serve_on(runtime, config, reload_from),
         Err(code) => code,
     }
 }
@@ -140,8 +157,8 @@ fn build_runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-fn serve_on(runtime: tokio::runtime::Runtime, config: Config) -> ExitCode {
-    match runtime.block_on(crate::run(config, crate::shutdown_signal())) {
+fn serve_on(runtime: tokio::runtime::Runtime, config: Config, reload_from: Option<PathBuf>) -> ExitCode {
+    match runtime.block_on(crate::run(config, reload_from, crate::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "cannot start");
@@ -231,6 +248,19 @@ fn route_row(route: &Route) -> [String; 5] {
     };
     let realm = if route.is_public() { "-".to_string() } else { route.realm.clone() };
     [path, auth, methods, allow, realm]
+}
+
+fn explain(path: &Path, method: &str, target: &str, user: Option<&str>, groups: Option<Vec<String>>) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("error: {method:?} is not an HTTP method");
+        return ExitCode::from(2);
+    };
+    print!("{}", crate::explain::explain(&config, &method, target, user, groups));
+    ExitCode::SUCCESS
 }
 
 fn hash_password() -> ExitCode {

@@ -8,12 +8,14 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod login;
 pub mod path;
 pub mod policy;
@@ -22,14 +24,25 @@ pub mod response;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use config::Config;
 
-/// Binds the listeners and serves until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+/// Binds the listeners and serves until `shutdown` resolves. With `reload_from`, SIGHUP
+/// re-reads that file and swaps the configuration in when it is valid.
+pub async fn run(
+    config: Config,
+    reload_from: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let listeners = server::bind(&config.server.listen).await?;
+    let admin = match config.server.admin_listen {
+        Some(address) => Some(server::bind(&[address]).await?.remove(0)),
+        None => None,
+    };
     let addresses: Vec<String> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -45,8 +58,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> std::io:
         "listening"
     );
     let app = app::App::new(config).map_err(std::io::Error::other)?;
+    if let Some(listener) = admin {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(admin_listen = %address, "admin listening");
+        }
+        tokio::spawn(admin::serve(app.clone(), listener));
+    }
+    if let Some(path) = reload_from {
+        tokio::spawn(reload_on_sighup(app.clone(), path));
+    }
     server::serve(app, listeners, &settings, shutdown).await;
     Ok(())
+}
+
+/// SIGHUP: parse and validate the file again; a valid one replaces the running config, an
+/// invalid one is logged with its exact error and the old one keeps serving.
+async fn reload_on_sighup(app: std::sync::Arc<app::App>, path: PathBuf) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload disabled");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Config::load(&path)).await
+        };
+        match loaded {
+            Ok(Ok(config)) => app.reload(config),
+            Ok(Err(err)) => {
+                app.metrics()
+                    .reloads
+                    .get_or_create(&telemetry::metrics::OutcomeLabels { outcome: "failure" })
+                    .inc();
+                tracing::error!(error = %err, "reload failed: keeping the running configuration");
+            }
+            Err(err) => tracing::error!(error = %err, "reload task failed"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

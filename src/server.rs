@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -62,7 +62,8 @@ pub async fn serve(
     for accept_loop in loops {
         let _ = accept_loop.await;
     }
-    // Every accept loop has dropped its handle; this one is the last.
+    // The accept loops have ended and dropped their handles, so this one is the last; the
+    // connections hold watchers, not handles.
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
@@ -127,18 +128,44 @@ impl AcceptLoop {
     fn serve_connection(&self, stream: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
         let _ = stream.set_nodelay(true);
         let app = self.app.clone();
-        let conn_info = ConnInfo { peer };
-        let service = service_fn(move |request| app.clone().handle(request, conn_info));
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = self.graceful.watch(connection);
+        // The certificate comes from the config current at accept time, so a SIGHUP reload
+        // changes it for new connections only.
+        let runtime = app.runtime();
+        let tls = runtime.config.server.tls.clone();
+        let handshake_timeout = runtime.config.server.header_read_timeout;
+        let builder = self.builder.clone();
+        let graceful = self.graceful.watcher();
+        app.metrics().open_connections.inc();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, client = %peer, "connection ended with an error");
+            match tls {
+                None => serve_http(&builder, graceful, app.clone(), TokioIo::new(stream), ConnInfo { peer, tls: false }).await,
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let info = ConnInfo { peer, tls: true };
+                            serve_http(&builder, graceful, app.clone(), TokioIo::new(tls_stream), info).await;
+                        }
+                        Ok(Err(err)) => tracing::debug!(error = %err, client = %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                    }
+                }
             }
+            app.metrics().open_connections.dec();
             drop(permit);
         });
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an accepted (and, with TLS, decrypted) connection.
+async fn serve_http<I>(builder: &auto::Builder<TokioExecutor>, graceful: Watcher, app: Arc<App>, io: I, info: ConnInfo)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let service = service_fn(move |request| app.clone().handle(request, info));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    if let Err(err) = graceful.watch(connection.into_owned()).await {
+        tracing::debug!(error = %err, client = %peer, "connection ended with an error");
     }
 }

@@ -1,5 +1,6 @@
 //! Configuration: loading, validation, and the only config types the rest of the crate sees.
 
+mod diff;
 mod error;
 pub mod file;
 pub mod types;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+pub use diff::diff;
 pub use error::ConfigError;
 pub use file::{LoginSection, PagesSection, RateLimitSection, Scheme, SessionSection};
 pub use types::{Cidr, HumanDuration, RoutePath, UpstreamUrl};
@@ -71,6 +73,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// TLS termination on every listener, when `[server.tls]` is set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// `[upstream]`, validated.
@@ -125,6 +129,11 @@ impl UserDb {
     /// Whether a user of that name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
+    }
+
+    /// User names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
     }
 
     /// Number of users.

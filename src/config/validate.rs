@@ -133,14 +133,18 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
             "expected at least 1",
         ));
     }
-    if let Some(tls) = &s.tls {
-        return Err(ctx.err(
-            Some(tls.cert_file.span()),
-            "server.tls",
-            "TLS termination is not available in this version yet; terminate TLS in front of portcullis",
-        ));
-    }
+    let tls = match &s.tls {
+        Some(tls) => {
+            let cert = ctx.resolve(tls.cert_file.get_ref());
+            let key = ctx.resolve(tls.key_file.get_ref());
+            let built = crate::tls::server_config(&cert, &key)
+                .map_err(|m| ctx.err(Some(tls.cert_file.span()), "server.tls.cert_file", m))?;
+            Some(built)
+        }
+        None => None,
+    };
     Ok(ServerConfig {
+        tls,
         listen: s.listen.get_ref().iter().map(|a| a.0).collect(),
         admin_listen: s.admin_listen.map(|a| a.0),
         trusted_proxies: s.trusted_proxies.clone(),

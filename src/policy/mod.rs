@@ -5,11 +5,45 @@ mod route;
 
 pub use route::RouteTable;
 
+use std::sync::Arc;
+
 use http::Method;
 
 use crate::auth::Identity;
 use crate::config::{Route, Scheme};
 use crate::error::{DenyReason, Denial};
+use crate::path::{self, NormalizedPath};
+
+/// Paths under this prefix are the proxy's own (`/.portcullis/login` …), never forwarded.
+pub const RESERVED_PREFIX: &str = "/.portcullis";
+
+/// Where a request path leads.
+#[derive(Debug)]
+pub enum Target<'a> {
+    /// One of the proxy's own endpoints.
+    Reserved,
+    /// A configured route.
+    Route(&'a Arc<Route>),
+    /// Nothing: refused with 403 `no_route`.
+    NoRoute,
+}
+
+/// Step 2 of request handling: normalise the path (ambiguous paths are refused), then pick
+/// the route by the longest segment-boundary prefix of the normalised path.
+pub fn resolve<'a>(routes: &'a RouteTable, raw_path: &str) -> Result<(NormalizedPath, Target<'a>), Denial> {
+    let normalized = path::normalize(raw_path).map_err(|why| Denial::new(DenyReason::AmbiguousPath, why.to_string()))?;
+    let target = if path::prefix_matches(RESERVED_PREFIX, normalized.for_matching(), true) {
+        Target::Reserved
+    } else {
+        routes.find(normalized.for_matching()).map_or(Target::NoRoute, Target::Route)
+    };
+    Ok((normalized, target))
+}
+
+/// The denial for a path no route covers.
+pub fn no_route() -> Denial {
+    Denial::new(DenyReason::NoRoute, "no route matches the path")
+}
 
 /// Step 4 of request handling: allow lists, then scopes, then methods.
 /// `identity` is `None` only on public routes.

@@ -27,6 +27,8 @@ pub struct AccessRecord {
     pub upstream_status: Option<u16>,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub http_version: http::Version,
+    /// Whether the connection is TLS.
+    pub tls: bool,
 }
 
 /// Longest path written to the log; longer ones are cut (the log is not a place for payloads).
@@ -63,6 +65,7 @@ impl AccessRecord {
             duration_ms,
             upstream_status = self.upstream_status,
             http_version = ?self.http_version,
+            tls = self.tls,
             decision,
             reason,
             detail,

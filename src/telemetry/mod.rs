@@ -1,6 +1,7 @@
 //! Logging: tracing-subscriber writing JSON lines (or pretty text for people) to stdout.
 
 pub mod access;
+pub mod metrics;
 
 use std::io::IsTerminal;
 

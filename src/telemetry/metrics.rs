@@ -1,0 +1,149 @@
+//! Prometheus metrics (prometheus-client), served as text on the admin listener.
+
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// `route` and `status` class (`2xx` … `5xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The matched route, or `none`.
+    pub route: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status: &'static str,
+}
+
+/// A denial or failure reason code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The SPEC §5 reason code.
+    pub reason: &'static str,
+}
+
+/// An authentication scheme.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SchemeLabels {
+    /// `basic`, `bearer` or `session`.
+    pub scheme: &'static str,
+}
+
+/// Why an upstream exchange failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorKindLabels {
+    /// `unreachable` or `timeout`.
+    pub kind: &'static str,
+}
+
+/// Reload outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `success` or `failure`.
+    pub outcome: &'static str,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Denials and failures by reason.
+    pub denials: Family<ReasonLabels, Counter>,
+    /// Credential verification latency by scheme.
+    pub auth_seconds: Family<SchemeLabels, Histogram>,
+    /// Time to upstream response headers.
+    pub upstream_seconds: Histogram,
+    /// Upstream failures by kind.
+    pub upstream_errors: Family<ErrorKindLabels, Counter>,
+    /// Client connections open now.
+    pub open_connections: Gauge,
+    /// Sessions in the memory store.
+    pub live_sessions: Gauge,
+    /// Config reloads by outcome.
+    pub reloads: Family<OutcomeLabels, Counter>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests by route and status class", requests.clone());
+        let denials = Family::<ReasonLabels, Counter>::default();
+        registry.register("denials", "Refused or failed requests by reason", denials.clone());
+        let auth_seconds =
+            Family::<SchemeLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register("auth_duration_seconds", "Credential verification latency by scheme", auth_seconds.clone());
+        let upstream_seconds = Histogram::new(latency_buckets());
+        registry.register("upstream_duration_seconds", "Time to upstream response headers", upstream_seconds.clone());
+        let upstream_errors = Family::<ErrorKindLabels, Counter>::default();
+        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Client connections open now", open_connections.clone());
+        let live_sessions = Gauge::default();
+        registry.register("live_sessions", "Sessions held in the memory store", live_sessions.clone());
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register("reloads", "Configuration reloads by outcome", reloads.clone());
+        Metrics {
+            registry,
+            requests,
+            denials,
+            auth_seconds,
+            upstream_seconds,
+            upstream_errors,
+            open_connections,
+            live_sessions,
+            reloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Counts one finished request.
+    pub fn record_request(&self, route: Option<&str>, status: u16, reason: Option<&'static str>) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = RequestLabels {
+            route: route.unwrap_or("none").to_string(),
+            status: class,
+        };
+        self.requests.get_or_create(&labels).inc();
+        if let Some(reason) = reason {
+            self.denials.get_or_create(&ReasonLabels { reason }).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters() {
+        let metrics = Metrics::default();
+        metrics.record_request(Some("/admin"), 403, Some("user_not_allowed"));
+        let text = metrics.render();
+        assert!(text.contains("portcullis_requests_total{route=\"/admin\",status=\"4xx\"} 1"), "{text}");
+        assert!(text.contains("portcullis_denials_total{reason=\"user_not_allowed\"} 1"), "{text}");
+    }
+}
