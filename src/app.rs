@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 
 use crate::auth::{self, Identity, PasswordVerifier};
+use crate::config::types::canonical_ip;
 use crate::config::{Config, Route, Scheme};
 use crate::login::{self, EndedNotice};
 use crate::session::Sessions;
@@ -173,7 +174,7 @@ impl App {
             logged_refusal: None,
         };
         let ctx = RequestContext {
-            client,
+            peer: canonical_ip(conn.peer.ip()),
             peer_trusted,
             tls: conn.tls,
         };
@@ -354,7 +355,7 @@ impl App {
                 HeaderValue::from_str(authority.as_str()).ok()
             });
         let forward_ctx = ForwardContext {
-            client_ip: ctx.client,
+            client_ip: ctx.peer,
             peer_trusted: ctx.peer_trusted,
             proto: if ctx.tls { "https" } else { "http" },
             host,
@@ -380,7 +381,9 @@ impl App {
 }
 
 struct RequestContext {
-    client: std::net::IpAddr,
+    /// The TCP peer: the hop this proxy appends to `X-Forwarded-For` and `Forwarded` (the
+    /// client address a trusted peer reported is already in the chain before it).
+    peer: std::net::IpAddr,
     peer_trusted: bool,
     tls: bool,
 }

@@ -51,7 +51,7 @@ const SPOOFABLE: [&str; 20] = [
 
 /// What the rewrite needs to know about the request.
 pub struct ForwardContext<'a> {
-    /// The client address (from `trusted_proxies` rules).
+    /// The address this hop appends to `X-Forwarded-For` and `Forwarded`: the TCP peer.
     pub client_ip: IpAddr,
     /// Whether the TCP peer is a trusted proxy (its forwarding headers are extended).
     pub peer_trusted: bool,

@@ -104,7 +104,13 @@ fn add_refusal_headers(headers: &mut HeaderMap, refusal: &Refusal, route: Option
                 }
                 DenyReason::UserNotAllowed | DenyReason::NoRoute | DenyReason::AmbiguousPath => {}
                 DenyReason::RateLimited => {}
-                _ => add_challenges(headers, route, bearer_error(denial.reason)),
+                // The Bearer challenge's `error` describes a bearer request (RFC 6750 §3.1):
+                // a broken Basic credential leaves it bare.
+                _ => {
+                    let about_bearer = matches!(denial.scheme, None | Some(Scheme::Bearer));
+                    let error = if about_bearer { bearer_error(denial.reason) } else { None };
+                    add_challenges(headers, route, error)
+                }
             }
         }
         Refusal::Fail(failure) => {

@@ -1,0 +1,113 @@
+//! HTTP/2 with prior knowledge (h2c) on the plain listener.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::net::TcpStream;
+
+async fn h2_sender(proxy: &Proxy) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let mut request = hyper::Request::get(format!("http://{}{path}", proxy.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("h2 response in time")
+        .expect("h2 response");
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (status, parts.headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_proxied() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let mut sender = h2_sender(&proxy).await;
+    let alice = basic("alice", ALICE_PW);
+
+    let (status, headers, body) = h2_get(
+        &mut sender,
+        &proxy,
+        "/home/h2?q=1",
+        &[("authorization", &alice)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "upstream ok");
+    let id = headers
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seen = upstream.only("/home/h2");
+    assert_eq!(seen.uri, "/home/h2?q=1");
+    assert_eq!(seen.version, "HTTP/1.1");
+    assert_eq!(seen.header("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.header("x-request-id"), Some(id.clone()));
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(proxy.addr.to_string())
+    );
+    let event = proxy.access_for(&id).await;
+    assert_eq!(event["http_version"], "HTTP/2.0");
+    assert_eq!(event["user"], "alice");
+
+    // Refusals over h2 have the same shape.
+    let (status, headers, _) = h2_get(&mut sender, &proxy, "/home/h2-denied", &[]).await;
+    assert_eq!(status, 401);
+    let challenges: Vec<_> = headers.get_all("www-authenticate").iter().collect();
+    assert_eq!(challenges.len(), 2);
+    assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+
+    // Several streams at once on one connection.
+    let mut streams = Vec::new();
+    for n in 0..20 {
+        let mut sender = sender.clone();
+        let request = hyper::Request::get(format!("http://{}/home/h2-multi/{n}", proxy.addr))
+            .header("authorization", alice.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        streams.push(tokio::spawn(async move {
+            sender.send_request(request).await.unwrap().status()
+        }));
+    }
+    for stream in streams {
+        assert_eq!(stream.await.unwrap(), 200);
+    }
+    let received = upstream.wait_for_requests(21).await;
+    assert_eq!(received.len(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_download_is_intact() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let mut sender = h2_sender(&proxy).await;
+    let (status, _, body) = h2_get(&mut sender, &proxy, "/public/big", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), BIG_LEN);
+    assert_eq!(sha256_hex(&body), sha256_hex(&big_body()));
+}
