@@ -14,7 +14,8 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
-use crate::auth::{self, Identity, PasswordVerifier};
+use crate::auth::{self, AuthContext, Identity, PasswordVerifier};
+use crate::ratelimit::FailureLimiter;
 use crate::config::types::canonical_ip;
 use crate::config::{Config, Route, Scheme};
 use crate::login::{self, EndedNotice};
@@ -53,6 +54,7 @@ pub struct App {
     runtime: ArcSwap<Runtime>,
     verifier: Arc<PasswordVerifier>,
     sessions: Sessions,
+    limiter: FailureLimiter,
     metrics: Metrics,
 }
 
@@ -85,10 +87,12 @@ impl App {
     /// Creates the app with an initial config. Must run inside the tokio runtime.
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let sessions = Sessions::new(&config.session)?;
+        let limiter = FailureLimiter::new(&config.rate_limit, sessions.store().redis());
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             verifier: PasswordVerifier::start(),
             sessions,
+            limiter,
             metrics: Metrics::default(),
         }))
     }
@@ -263,7 +267,14 @@ impl App {
             None
         } else {
             let started = Instant::now();
-            let result = auth::authenticate(config, &self.verifier, &self.sessions, &route, request.headers()).await;
+            let auth = AuthContext {
+                config,
+                verifier: &self.verifier,
+                sessions: &self.sessions,
+                limiter: &self.limiter,
+                client_ip: exchange.record.client_ip,
+            };
+            let result = auth::authenticate(&auth, &route, request.headers()).await;
             self.observe_auth(&result, started);
             Some(result?)
         };
@@ -321,8 +332,14 @@ impl App {
         exchange.record.route = Some(RESERVED_PREFIX.to_string());
         let endpoints = login::Endpoints {
             config,
-            verifier: &self.verifier,
             sessions: &self.sessions,
+            auth: AuthContext {
+                config,
+                verifier: &self.verifier,
+                sessions: &self.sessions,
+                limiter: &self.limiter,
+                client_ip: exchange.record.client_ip,
+            },
         };
         let outcome = endpoints
             .serve(path, request)

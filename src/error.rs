@@ -123,6 +123,8 @@ pub struct Denial {
     pub detail: Cow<'static, str>,
     /// The scheme whose credential was refused, if any.
     pub scheme: Option<Scheme>,
+    /// For `rate_limited`: whole seconds until the lockout ends (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl Denial {
@@ -132,6 +134,7 @@ impl Denial {
             reason,
             detail: detail.into(),
             scheme: None,
+            retry_after: None,
         }
     }
 
@@ -141,6 +144,7 @@ impl Denial {
             reason,
             detail: detail.into(),
             scheme: Some(scheme),
+            retry_after: None,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod login;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod response;
 pub mod server;
 pub mod session;

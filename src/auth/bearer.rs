@@ -13,22 +13,27 @@ use subtle::ConstantTimeEq;
 use super::jwt::Token;
 use super::Principal;
 use crate::config::{Config, Scheme, StaticToken};
-use crate::error::{DenyReason, Denial};
+use crate::error::{Denial, DenyReason};
 
 /// Checks a well-formed bearer token against `[jwt]` and `[[tokens]]`.
 pub async fn authenticate(config: &Config, token: &str) -> Result<Principal, Denial> {
     let now = unix_now();
     let jwt = Token::parse(token);
     if let (Some(verifier), Some(jwt)) = (&config.jwt, &jwt) {
-        return verifier.verify(jwt, now).await.map(|id| Principal::Jwt(Arc::new(id)));
+        return verifier
+            .verify(jwt, now)
+            .await
+            .map(|id| Principal::Jwt(Arc::new(id)));
     }
     match check_static(&config.tokens, token, now) {
         Ok(found) => Ok(Principal::Token(found)),
-        Err(denial) if denial.reason == DenyReason::UnknownToken && jwt.is_some() => Err(Denial::of(
-            Scheme::Bearer,
-            DenyReason::UnknownToken,
-            "the token is a JWT, but JWTs are not accepted ([jwt] is not configured)",
-        )),
+        Err(denial) if denial.reason == DenyReason::UnknownToken && jwt.is_some() => {
+            Err(Denial::of(
+                Scheme::Bearer,
+                DenyReason::UnknownToken,
+                "the token is a JWT, but JWTs are not accepted ([jwt] is not configured)",
+            ))
+        }
         Err(denial) => Err(denial),
     }
 }
@@ -42,7 +47,11 @@ pub fn unix_now() -> i64 {
 
 /// Finds the static token whose SHA-256 matches. Every configured digest is compared, in
 /// constant time, so the time taken does not depend on which (if any) matched.
-pub fn check_static(tokens: &[Arc<StaticToken>], token: &str, now: i64) -> Result<Arc<StaticToken>, Denial> {
+pub fn check_static(
+    tokens: &[Arc<StaticToken>],
+    token: &str,
+    now: i64,
+) -> Result<Arc<StaticToken>, Denial> {
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let mut found: Option<&Arc<StaticToken>> = None;
     for candidate in tokens {
@@ -51,7 +60,11 @@ pub fn check_static(tokens: &[Arc<StaticToken>], token: &str, now: i64) -> Resul
         }
     }
     let Some(token) = found else {
-        return Err(Denial::of(Scheme::Bearer, DenyReason::UnknownToken, "the token is not configured"));
+        return Err(Denial::of(
+            Scheme::Bearer,
+            DenyReason::UnknownToken,
+            "the token is not configured",
+        ));
     };
     if token.expires.is_some_and(|expires| now >= expires) {
         return Err(Denial::of(
@@ -82,7 +95,13 @@ mod tests {
         let tokens = vec![token("a", "tok-a", None), token("b", "tok-b", Some(100))];
         assert_eq!(check_static(&tokens, "tok-a", 1000).unwrap().name, "a");
         assert_eq!(check_static(&tokens, "tok-b", 99).unwrap().name, "b");
-        assert_eq!(check_static(&tokens, "tok-b", 100).unwrap_err().reason, DenyReason::TokenExpired);
-        assert_eq!(check_static(&tokens, "tok-c", 0).unwrap_err().reason, DenyReason::UnknownToken);
+        assert_eq!(
+            check_static(&tokens, "tok-b", 100).unwrap_err().reason,
+            DenyReason::TokenExpired
+        );
+        assert_eq!(
+            check_static(&tokens, "tok-c", 0).unwrap_err().reason,
+            DenyReason::UnknownToken
+        );
     }
 }

@@ -73,10 +73,10 @@ impl KeySet {
         let mut keys = Vec::new();
         let mut notes = Vec::new();
         for (i, value) in document.keys.into_iter().enumerate() {
-            let label = value
-                .get("kid")
-                .and_then(|k| k.as_str())
-                .map_or_else(|| format!("#{i}"), |kid| format!("{:?}", printable(kid, 64)));
+            let label = value.get("kid").and_then(|k| k.as_str()).map_or_else(
+                || format!("#{i}"),
+                |kid| format!("{:?}", printable(kid, 64)),
+            );
             match key_from_value(value, allowed) {
                 Ok(key) => keys.push(key),
                 Err(why) => notes.push(format!("key {label} skipped: {why}")),
@@ -108,7 +108,11 @@ impl KeySet {
     /// The keys that may verify a token signed with `alg` and naming `kid`. A token without a
     /// `kid` may be verified by any key of the right algorithm; one with a `kid` only by keys
     /// with that `kid`.
-    pub fn candidates<'a>(&'a self, alg: Algorithm, kid: Option<&'a str>) -> impl Iterator<Item = &'a Key> + 'a {
+    pub fn candidates<'a>(
+        &'a self,
+        alg: Algorithm,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Key> + 'a {
         self.keys.iter().filter(move |key| {
             key.algorithms.contains(&alg) && kid.is_none_or(|kid| key.kid.as_deref() == Some(kid))
         })
@@ -153,7 +157,11 @@ fn key_from_value(value: serde_json::Value, allowed: &[Algorithm]) -> Result<Key
     if let Some(declared) = jwk.common.key_algorithm {
         match Algorithm::try_from(declared) {
             Ok(alg) if family.contains(&alg) => algorithms = vec![alg],
-            _ => return Err(format!("its \"alg\" {declared:?} is not a signature algorithm for this key type")),
+            _ => {
+                return Err(format!(
+                    "its \"alg\" {declared:?} is not a signature algorithm for this key type"
+                ))
+            }
         }
     }
     algorithms.retain(|alg| allowed.contains(alg));
@@ -174,7 +182,13 @@ pub fn printable(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     if text.chars().count() > max {
         out.push('…');
@@ -312,7 +326,8 @@ impl RemoteJwks {
 
     async fn fetch_locked(&self) -> bool {
         let outcome = tokio::time::timeout(FETCH_TIMEOUT, self.download()).await;
-        let outcome = outcome.unwrap_or_else(|_| Err(format!("no complete answer within {FETCH_TIMEOUT:?}")));
+        let outcome =
+            outcome.unwrap_or_else(|_| Err(format!("no complete answer within {FETCH_TIMEOUT:?}")));
         let parsed = outcome.and_then(|body| {
             let (set, notes) = KeySet::parse(&body, &self.allowed)?;
             if set.is_empty() {
@@ -331,7 +346,7 @@ impl RemoteJwks {
             }
             Err(why) => {
                 let kept = self.current.load().len();
-                tracing::warn!(jwks_url = %url, error = %why, kept_keys = kept, "jwks fetch failed; keeping the last good key set");
+                tracing::warn!(jwks_url = %url, error = %why, kept_keys = kept, "jwks fetch failed");
                 false
             }
         }
@@ -340,11 +355,17 @@ impl RemoteJwks {
     async fn download(&self) -> Result<Bytes, String> {
         let request = Request::get(self.url.clone())
             .header(ACCEPT, "application/jwk-set+json, application/json")
-            .header(USER_AGENT, concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .header(
+                USER_AGENT,
+                concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|e| format!("cannot build the request: {e}"))?;
         let response = self.client.request(request).await.map_err(|e| {
-            let cause = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| e.source())
+            let cause =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
                 .last()
                 .map(ToString::to_string)
                 .unwrap_or_default();
@@ -384,7 +405,8 @@ mod tests {
                 {{"kty":"EC","kid":"p521","crv":"P-521","x":"AQAB","y":"AQAB"}},
                 {{"kty":"weird","kid":"w"}}]}}"#
         );
-        let (set, notes) = KeySet::parse(json.as_bytes(), &[Algorithm::RS256, Algorithm::PS256]).unwrap();
+        let (set, notes) =
+            KeySet::parse(json.as_bytes(), &[Algorithm::RS256, Algorithm::PS256]).unwrap();
         assert_eq!(set.len(), 1);
         assert!(set.supports(Algorithm::RS256));
         assert!(set.supports(Algorithm::PS256));
@@ -393,19 +415,27 @@ mod tests {
         assert_eq!(set.candidates(Algorithm::RS256, Some("other")).count(), 0);
         assert_eq!(set.candidates(Algorithm::RS256, None).count(), 1);
         assert_eq!(notes.len(), 4, "{notes:?}");
-        assert!(notes[0].contains("\"h\"") && notes[0].contains("hmac_secret_file"), "{notes:?}");
+        assert!(
+            notes[0].contains("\"h\"") && notes[0].contains("hmac_secret_file"),
+            "{notes:?}"
+        );
     }
 
     #[test]
     fn declared_alg_narrows_the_key() {
         let json = RSA_JWK.replace("\"use\":\"sig\"", "\"alg\":\"PS256\"");
         let json = format!(r#"{{"keys":[{json}]}}"#);
-        let (set, _) = KeySet::parse(json.as_bytes(), &[Algorithm::RS256, Algorithm::PS256]).unwrap();
+        let (set, _) =
+            KeySet::parse(json.as_bytes(), &[Algorithm::RS256, Algorithm::PS256]).unwrap();
         assert!(set.supports(Algorithm::PS256));
         assert!(!set.supports(Algorithm::RS256));
         // An RSA key that claims an EC algorithm is refused outright.
         let json = RSA_JWK.replace("\"use\":\"sig\"", "\"alg\":\"ES256\"");
-        let (set, notes) = KeySet::parse(format!(r#"{{"keys":[{json}]}}"#).as_bytes(), &[Algorithm::ES256]).unwrap();
+        let (set, notes) = KeySet::parse(
+            format!(r#"{{"keys":[{json}]}}"#).as_bytes(),
+            &[Algorithm::ES256],
+        )
+        .unwrap();
         assert!(set.is_empty(), "{notes:?}");
     }
 

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use super::jwks::{printable, KeySet, RemoteJwks};
 use crate::config::file::JwtSection;
 use crate::config::{ConfigError, Scheme};
-use crate::error::{DenyReason, Denial};
+use crate::error::{Denial, DenyReason};
 
 /// Default tolerated clock skew for `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -34,7 +34,8 @@ pub const MIN_HMAC_SECRET: usize = 32;
 
 /// Every algorithm name `jwt.algorithms` accepts, in the order the docs list them.
 const ALGORITHM_NAMES: [&str; 12] = [
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
 ];
 
 /// The caller a valid JWT names.
@@ -74,7 +75,7 @@ pub enum KeySource {
     /// `jwks_file`: public keys read at load time.
     Jwks(KeySet),
     /// `jwks_url`: public keys fetched and refreshed at run time.
-    Remote(RemoteJwks),
+    Remote(Box<RemoteJwks>),
 }
 
 impl fmt::Debug for KeySource {
@@ -125,7 +126,9 @@ impl<'a> Token<'a> {
         if parts.next().is_some() || header.is_empty() {
             return None;
         }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).ok()?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()?;
         let header: RawHeader = serde_json::from_slice(&bytes).ok()?;
         Some(Token {
             raw,
@@ -206,7 +209,7 @@ impl JwtVerifier {
     pub fn spawn_refresh(self: &Arc<Self>) {
         if matches!(self.source, KeySource::Remote(_)) {
             RemoteJwks::start(self, |verifier| match &verifier.source {
-                KeySource::Remote(remote) => remote,
+                KeySource::Remote(remote) => remote.as_ref(),
                 _ => unreachable!("checked before starting"),
             });
         }
@@ -221,7 +224,8 @@ impl JwtVerifier {
                     if !remote.refresh_for_unknown_kid().await {
                         return Err(denial);
                     }
-                    self.verify_with(token, now, Some(&remote.keys())).map_err(Failure::into_denial)
+                    self.verify_with(token, now, Some(&remote.keys()))
+                        .map_err(Failure::into_denial)
                 }
                 other => other.map_err(Failure::into_denial),
             },
@@ -239,10 +243,19 @@ impl JwtVerifier {
         result.map_err(Failure::into_denial)
     }
 
-    fn verify_with(&self, token: &Token<'_>, now: i64, keys: Option<&KeySet>) -> Result<JwtIdentity, Failure> {
+    fn verify_with(
+        &self,
+        token: &Token<'_>,
+        now: i64,
+        keys: Option<&KeySet>,
+    ) -> Result<JwtIdentity, Failure> {
         let alg = self.allowed_algorithm(token)?;
         if token.crit {
-            return Err(deny(DenyReason::BadSignature, "the token has a \"crit\" header, which is not supported").into());
+            return Err(deny(
+                DenyReason::BadSignature,
+                "the token has a \"crit\" header, which is not supported",
+            )
+            .into());
         }
         let validation = self
             .validations
@@ -251,10 +264,16 @@ impl JwtVerifier {
             .map(|(_, v)| v)
             .expect("a validation exists for every allowed algorithm");
         let claims = match (&self.source, alg.family()) {
-            (KeySource::Hmac(secret), AlgorithmFamily::Hmac) => verify_signature(token.raw, secret, validation)?,
+            (KeySource::Hmac(secret), AlgorithmFamily::Hmac) => {
+                verify_signature(token.raw, secret, validation)?
+            }
             (KeySource::Hmac(_), _) | (_, AlgorithmFamily::Hmac) => {
                 // Config validation makes this unreachable; refuse rather than guess.
-                return Err(deny(DenyReason::DisallowedAlgorithm, "no key of this algorithm's kind is configured").into());
+                return Err(deny(
+                    DenyReason::DisallowedAlgorithm,
+                    "no key of this algorithm's kind is configured",
+                )
+                .into());
             }
             (_, _) => {
                 let keys = keys.expect("asymmetric sources have a key set");
@@ -268,13 +287,19 @@ impl JwtVerifier {
     fn allowed_algorithm(&self, token: &Token<'_>) -> Result<Algorithm, Denial> {
         let name = token.alg();
         if name.eq_ignore_ascii_case("none") {
-            return Err(deny(DenyReason::DisallowedAlgorithm, "the token is unsigned (alg \"none\"), which is never accepted"));
+            return Err(deny(
+                DenyReason::DisallowedAlgorithm,
+                "the token is unsigned (alg \"none\"), which is never accepted",
+            ));
         }
         match Algorithm::from_str(name) {
             Ok(alg) if self.settings.algorithms.contains(&alg) => Ok(alg),
             _ => Err(deny(
                 DenyReason::DisallowedAlgorithm,
-                format!("the token's alg {:?} is not in jwt.algorithms", printable(name, 16)),
+                format!(
+                    "the token's alg {:?} is not in jwt.algorithms",
+                    printable(name, 16)
+                ),
             )),
         }
     }
@@ -302,11 +327,16 @@ impl JwtVerifier {
             Some(kid) if keys.has_kid(kid) => {
                 return Err(deny(
                     DenyReason::BadSignature,
-                    format!("the key with kid {:?} is not for alg {alg:?}", printable(kid, 64)),
+                    format!(
+                        "the key with kid {:?} is not for alg {alg:?}",
+                        printable(kid, 64)
+                    ),
                 )
                 .into())
             }
-            Some(kid) if keys.is_empty() => format!("no keys are loaded yet (kid {:?})", printable(kid, 64)),
+            Some(kid) if keys.is_empty() => {
+                format!("no keys are loaded yet (kid {:?})", printable(kid, 64))
+            }
             Some(kid) => format!("no key has the token's kid {:?}", printable(kid, 64)),
             None if keys.is_empty() => "no keys are loaded yet".to_string(),
             None => format!("no key can verify alg {alg:?}"),
@@ -321,39 +351,73 @@ impl JwtVerifier {
             Some(Value::String(iss)) => {
                 return Err(deny(
                     DenyReason::BadIssuer,
-                    format!("the token's iss {:?} is not jwt.issuer", printable(iss, 128)),
+                    format!(
+                        "the token's iss {:?} is not jwt.issuer",
+                        printable(iss, 128)
+                    ),
                 ))
             }
-            Some(_) => return Err(deny(DenyReason::BadIssuer, "the token's iss is not a string")),
+            Some(_) => {
+                return Err(deny(
+                    DenyReason::BadIssuer,
+                    "the token's iss is not a string",
+                ))
+            }
             None => return Err(deny(DenyReason::BadIssuer, "the token has no iss claim")),
         }
         let audience_ok = match claims.get("aud") {
             Some(Value::String(aud)) => *aud == settings.audience,
-            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(settings.audience.as_str())),
+            Some(Value::Array(auds)) => auds
+                .iter()
+                .any(|a| a.as_str() == Some(settings.audience.as_str())),
             Some(_) => false,
             None => return Err(deny(DenyReason::BadAudience, "the token has no aud claim")),
         };
         if !audience_ok {
-            return Err(deny(DenyReason::BadAudience, "the token's aud does not include jwt.audience"));
+            return Err(deny(
+                DenyReason::BadAudience,
+                "the token's aud does not include jwt.audience",
+            ));
         }
         let exp = match claims.get("exp") {
-            None => return Err(deny(DenyReason::TokenExpired, "the token has no exp claim, so it would never expire")),
-            Some(value) => numeric_date(value)
-                .ok_or_else(|| deny(DenyReason::TokenExpired, "the token's exp is not a NumericDate"))?,
+            None => {
+                return Err(deny(
+                    DenyReason::TokenExpired,
+                    "the token has no exp claim, so it would never expire",
+                ))
+            }
+            Some(value) => numeric_date(value).ok_or_else(|| {
+                deny(
+                    DenyReason::TokenExpired,
+                    "the token's exp is not a NumericDate",
+                )
+            })?,
         };
         if now.saturating_sub(settings.leeway) >= exp {
             return Err(deny(
                 DenyReason::TokenExpired,
-                format!("the token expired {}s ago (leeway {}s)", now.saturating_sub(exp), settings.leeway),
+                format!(
+                    "the token expired {}s ago (leeway {}s)",
+                    now.saturating_sub(exp),
+                    settings.leeway
+                ),
             ));
         }
         if let Some(value) = claims.get("nbf") {
-            let nbf = numeric_date(value)
-                .ok_or_else(|| deny(DenyReason::TokenNotYetValid, "the token's nbf is not a NumericDate"))?;
+            let nbf = numeric_date(value).ok_or_else(|| {
+                deny(
+                    DenyReason::TokenNotYetValid,
+                    "the token's nbf is not a NumericDate",
+                )
+            })?;
             if now.saturating_add(settings.leeway) < nbf {
                 return Err(deny(
                     DenyReason::TokenNotYetValid,
-                    format!("the token is valid only in {}s (leeway {}s)", nbf.saturating_sub(now), settings.leeway),
+                    format!(
+                        "the token is valid only in {}s (leeway {}s)",
+                        nbf.saturating_sub(now),
+                        settings.leeway
+                    ),
                 ));
             }
         }
@@ -406,7 +470,11 @@ impl JwtVerifier {
                 )
             })?,
         };
-        Ok(JwtIdentity { user, groups, scopes })
+        Ok(JwtIdentity {
+            user,
+            groups,
+            scopes,
+        })
     }
 }
 
@@ -419,19 +487,36 @@ impl Failure {
 }
 
 /// Checks the signature with one key; the claims come back unchecked.
-fn verify_signature(raw: &str, key: &DecodingKey, validation: &Validation) -> Result<Map<String, Value>, Denial> {
+fn verify_signature(
+    raw: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Map<String, Value>, Denial> {
     match jsonwebtoken::decode::<Map<String, Value>>(raw, key, validation) {
         Ok(data) => Ok(data.claims),
         Err(err) => Err(match err.kind() {
-            ErrorKind::InvalidSignature => deny(DenyReason::BadSignature, "the signature does not verify"),
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-                deny(DenyReason::DisallowedAlgorithm, "the token's alg does not fit the key")
+            ErrorKind::InvalidSignature => {
+                deny(DenyReason::BadSignature, "the signature does not verify")
             }
-            ErrorKind::Base64(_) => deny(DenyReason::BadSignature, "the token is not valid base64url"),
-            ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => {
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::UnsupportedAlgorithm => deny(
+                DenyReason::DisallowedAlgorithm,
+                "the token's alg does not fit the key",
+            ),
+            ErrorKind::Base64(_) => {
+                deny(DenyReason::BadSignature, "the token is not valid base64url")
+            }
+            ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidEddsaKey
+            | ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidKeyFormat => {
                 deny(DenyReason::BadSignature, "the key cannot verify this token")
             }
-            _ => deny(DenyReason::UnknownToken, "the token's payload is not a JSON object of claims"),
+            _ => deny(
+                DenyReason::UnknownToken,
+                "the token's payload is not a JSON object of claims",
+            ),
         }),
     }
 }
@@ -455,12 +540,18 @@ fn string_list(value: &Value, split: bool) -> Option<Vec<String>> {
     match value {
         Value::String(s) if split => Some(s.split_whitespace().map(str::to_string).collect()),
         Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_string)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect(),
         _ => None,
     }
 }
 
 // === building from the config file ===
+
+/// Builds a config error at a span of the file, for a dotted key.
+pub type ErrorAt<'a> = &'a dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError;
 
 /// What `[jwt]` validation needs from the config loader: paths resolved against the config
 /// file's directory, and errors that point at a span of the file.
@@ -468,7 +559,7 @@ pub struct LoadContext<'a> {
     /// Resolves a path written in the config.
     pub resolve: &'a dyn Fn(&str) -> PathBuf,
     /// Builds an error at a span, for a dotted key.
-    pub error: &'a dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError,
+    pub error: ErrorAt<'a>,
 }
 
 /// Validates `[jwt]` (spanned at `table`) and loads its keys. Returns the verifier and
@@ -478,19 +569,37 @@ pub fn from_section(
     table: Range<usize>,
     ctx: &LoadContext<'_>,
 ) -> Result<(JwtVerifier, Vec<String>), ConfigError> {
-    let err = |span: Option<Range<usize>>, key: &str, message: String| (ctx.error)(span, key, message);
+    let err =
+        |span: Option<Range<usize>>, key: &str, message: String| (ctx.error)(span, key, message);
     let mut warnings = Vec::new();
-    let required = |value: &Option<toml::Spanned<String>>, key: &str, what: &str| -> Result<String, ConfigError> {
+    let required = |value: &Option<toml::Spanned<String>>,
+                    key: &str,
+                    what: &str|
+     -> Result<String, ConfigError> {
         match value {
-            None => Err(err(Some(table.clone()), &format!("jwt.{key}"), format!("`{key}` is required: {what}"))),
-            Some(v) if v.get_ref().trim().is_empty() => {
-                Err(err(Some(v.span()), &format!("jwt.{key}"), format!("expected a non-empty string: {what}")))
-            }
+            None => Err(err(
+                Some(table.clone()),
+                &format!("jwt.{key}"),
+                format!("`{key}` is required: {what}"),
+            )),
+            Some(v) if v.get_ref().trim().is_empty() => Err(err(
+                Some(v.span()),
+                &format!("jwt.{key}"),
+                format!("expected a non-empty string: {what}"),
+            )),
             Some(v) => Ok(v.get_ref().clone()),
         }
     };
-    let issuer = required(&section.issuer, "issuer", "the exact `iss` your identity provider puts in its tokens")?;
-    let audience = required(&section.audience, "audience", "the `aud` value tokens for this proxy carry")?;
+    let issuer = required(
+        &section.issuer,
+        "issuer",
+        "the exact `iss` your identity provider puts in its tokens",
+    )?;
+    let audience = required(
+        &section.audience,
+        "audience",
+        "the `aud` value tokens for this proxy carry",
+    )?;
 
     // Exactly one key source.
     let sources: Vec<(&str, &toml::Spanned<String>)> = [
@@ -525,11 +634,18 @@ pub fn from_section(
         return Err(err(
             Some(table.clone()),
             "jwt.algorithms",
-            format!("`algorithms` is required: the signature algorithms to accept, from {}", ALGORITHM_NAMES.join(", ")),
+            format!(
+                "`algorithms` is required: the signature algorithms to accept, from {}",
+                ALGORITHM_NAMES.join(", ")
+            ),
         ));
     };
     if listed.get_ref().is_empty() {
-        return Err(err(Some(listed.span()), "jwt.algorithms", "expected at least one algorithm".to_string()));
+        return Err(err(
+            Some(listed.span()),
+            "jwt.algorithms",
+            "expected at least one algorithm".to_string(),
+        ));
     }
     let mut algorithms = Vec::new();
     for (i, name) in listed.get_ref().iter().enumerate() {
@@ -537,7 +653,11 @@ pub fn from_section(
         let span = Some(name.span());
         let text = name.get_ref().as_str();
         if text.eq_ignore_ascii_case("none") {
-            return Err(err(span, &key, "\"none\" is never accepted: an unsigned token proves nothing".to_string()));
+            return Err(err(
+                span,
+                &key,
+                "\"none\" is never accepted: an unsigned token proves nothing".to_string(),
+            ));
         }
         let alg = match Algorithm::from_str(text) {
             Ok(alg) if ALGORITHM_NAMES.contains(&text) => alg,
@@ -545,7 +665,10 @@ pub fn from_section(
                 return Err(err(
                     span,
                     &key,
-                    format!("unknown algorithm {text:?}: expected one of {}", ALGORITHM_NAMES.join(", ")),
+                    format!(
+                        "unknown algorithm {text:?}: expected one of {}",
+                        ALGORITHM_NAMES.join(", ")
+                    ),
                 ))
             }
         };
@@ -582,11 +705,21 @@ pub fn from_section(
             ));
         }
         if refresh.get_ref().0 < Duration::from_secs(1) {
-            return Err(err(Some(refresh.span()), "jwt.jwks_refresh", "expected at least \"1s\"".to_string()));
+            return Err(err(
+                Some(refresh.span()),
+                "jwt.jwks_refresh",
+                "expected at least \"1s\"".to_string(),
+            ));
         }
     }
-    let refresh = section.jwks_refresh.as_ref().map_or(DEFAULT_REFRESH, |r| r.get_ref().0);
-    let leeway = section.leeway.as_ref().map_or(DEFAULT_LEEWAY, |l| l.get_ref().0);
+    let refresh = section
+        .jwks_refresh
+        .as_ref()
+        .map_or(DEFAULT_REFRESH, |r| r.get_ref().0);
+    let leeway = section
+        .leeway
+        .as_ref()
+        .map_or(DEFAULT_LEEWAY, |l| l.get_ref().0);
     if leeway > Duration::from_secs(300) {
         warnings.push(format!(
             "jwt.leeway is {}s: tokens stay valid that long after they expire",
@@ -594,12 +727,17 @@ pub fn from_section(
         ));
     }
 
-    let claim = |value: &Option<toml::Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
+    let claim = |value: &Option<toml::Spanned<String>>,
+                 key: &str,
+                 default: &str|
+     -> Result<String, ConfigError> {
         match value {
             None => Ok(default.to_string()),
-            Some(v) if v.get_ref().is_empty() => {
-                Err(err(Some(v.span()), &format!("jwt.{key}"), "expected a claim name".to_string()))
-            }
+            Some(v) if v.get_ref().is_empty() => Err(err(
+                Some(v.span()),
+                &format!("jwt.{key}"),
+                "expected a claim name".to_string(),
+            )),
             Some(v) => Ok(v.get_ref().clone()),
         }
     };
@@ -618,8 +756,13 @@ pub fn from_section(
     let source = match source_key {
         "hmac_secret_file" => {
             let path = (ctx.resolve)(source_value.get_ref());
-            let mut secret = std::fs::read(&path)
-                .map_err(|e| err(span.clone(), &key, format!("cannot read {}: {e}", path.display())))?;
+            let mut secret = std::fs::read(&path).map_err(|e| {
+                err(
+                    span.clone(),
+                    &key,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
             if secret.ends_with(b"\n") {
                 secret.pop();
                 if secret.ends_with(b"\r") {
@@ -645,16 +788,28 @@ pub fn from_section(
         }
         "jwks_file" => {
             let path = (ctx.resolve)(source_value.get_ref());
-            let text = std::fs::read(&path)
-                .map_err(|e| err(span.clone(), &key, format!("cannot read {}: {e}", path.display())))?;
+            let text = std::fs::read(&path).map_err(|e| {
+                err(
+                    span.clone(),
+                    &key,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
             let (set, notes) = KeySet::parse(&text, &algorithms)
                 .map_err(|e| err(span.clone(), &key, format!("{}: {e}", path.display())))?;
             if set.is_empty() {
-                let why = if notes.is_empty() { "it has no keys".to_string() } else { notes.join("; ") };
+                let why = if notes.is_empty() {
+                    "it has no keys".to_string()
+                } else {
+                    notes.join("; ")
+                };
                 return Err(err(
                     span,
                     &key,
-                    format!("{} has no key usable with jwt.algorithms: {why}", path.display()),
+                    format!(
+                        "{} has no key usable with jwt.algorithms: {why}",
+                        path.display()
+                    ),
                 ));
             }
             for note in notes {
@@ -688,16 +843,24 @@ pub fn from_section(
                     "jwt.jwks_url {text:?} is plain http: anyone on the path could substitute their own keys; use https"
                 ));
             }
-            let remote = RemoteJwks::new(url, refresh, algorithms.clone()).map_err(|e| err(span, &key, e))?;
-            KeySource::Remote(remote)
+            let remote = RemoteJwks::new(url, refresh, algorithms.clone())
+                .map_err(|e| err(span, &key, e))?;
+            KeySource::Remote(Box::new(remote))
         }
     };
     Ok((JwtVerifier::new(settings, source), warnings))
 }
 
 fn is_loopback(url: &http::Uri) -> bool {
-    let host = url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let host = url
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -773,9 +936,23 @@ mod tests {
         assert_eq!(id.user, "alice");
         assert_eq!(id.groups, ["admins", "ops"]);
         assert_eq!(id.scopes, ["read", "write"]);
-        let id = check(&v, &sign(Algorithm::HS512, &with(claims(), "scope", json!(["a", "b"])))).unwrap();
+        let id = check(
+            &v,
+            &sign(
+                Algorithm::HS512,
+                &with(claims(), "scope", json!(["a", "b"])),
+            ),
+        )
+        .unwrap();
         assert_eq!(id.scopes, ["a", "b"]);
-        let id = check(&v, &sign(Algorithm::HS256, &without(without(claims(), "groups"), "scope"))).unwrap();
+        let id = check(
+            &v,
+            &sign(
+                Algorithm::HS256,
+                &without(without(claims(), "groups"), "scope"),
+            ),
+        )
+        .unwrap();
         assert!(id.groups.is_empty() && id.scopes.is_empty());
     }
 
@@ -786,15 +963,25 @@ mod tests {
         s.groups_claim = "roles".into();
         s.scope_claim = "scp".into();
         let v = JwtVerifier::new(s, KeySource::Hmac(DecodingKey::from_secret(SECRET)));
-        let c = with(with(with(claims(), "email", json!("a@x")), "roles", json!(["r"])), "scp", json!(["s"]));
+        let c = with(
+            with(with(claims(), "email", json!("a@x")), "roles", json!(["r"])),
+            "scp",
+            json!(["s"]),
+        );
         let id = check(&v, &sign(Algorithm::HS256, &c)).unwrap();
-        assert_eq!((id.user.as_str(), id.groups, id.scopes), ("a@x", vec!["r".to_string()], vec!["s".to_string()]));
+        assert_eq!(
+            (id.user.as_str(), id.groups, id.scopes),
+            ("a@x", vec!["r".to_string()], vec!["s".to_string()])
+        );
     }
 
     #[test]
     fn unlisted_algorithms_and_none_are_refused() {
         let v = hmac_verifier();
-        assert_eq!(reason(&v, &sign(Algorithm::HS384, &claims())), DenyReason::DisallowedAlgorithm);
+        assert_eq!(
+            reason(&v, &sign(Algorithm::HS384, &claims())),
+            DenyReason::DisallowedAlgorithm
+        );
         let payload = b64(claims().to_string().as_bytes());
         for alg in ["none", "None", "NONE", "RS256", "XX999", ""] {
             let header = b64(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes());
@@ -811,22 +998,60 @@ mod tests {
         assert_eq!(reason(&v, &at("exp", NOW - 30)), DenyReason::TokenExpired);
         assert_eq!(reason(&v, &at("exp", NOW - 3600)), DenyReason::TokenExpired);
         assert!(check(&v, &at("nbf", NOW + 30)).is_ok());
-        assert_eq!(reason(&v, &at("nbf", NOW + 31)), DenyReason::TokenNotYetValid);
-        assert_eq!(reason(&v, &sign(Algorithm::HS256, &without(claims(), "exp"))), DenyReason::TokenExpired);
-        assert_eq!(reason(&v, &sign(Algorithm::HS256, &with(claims(), "exp", json!("soon")))), DenyReason::TokenExpired);
-        assert!(check(&v, &sign(Algorithm::HS256, &with(claims(), "exp", json!((NOW + 10) as f64 + 0.5)))).is_ok());
+        assert_eq!(
+            reason(&v, &at("nbf", NOW + 31)),
+            DenyReason::TokenNotYetValid
+        );
+        assert_eq!(
+            reason(&v, &sign(Algorithm::HS256, &without(claims(), "exp"))),
+            DenyReason::TokenExpired
+        );
+        assert_eq!(
+            reason(
+                &v,
+                &sign(Algorithm::HS256, &with(claims(), "exp", json!("soon")))
+            ),
+            DenyReason::TokenExpired
+        );
+        assert!(check(
+            &v,
+            &sign(
+                Algorithm::HS256,
+                &with(claims(), "exp", json!((NOW + 10) as f64 + 0.5))
+            )
+        )
+        .is_ok());
     }
 
     #[test]
     fn issuer_and_audience_must_match() {
         let v = hmac_verifier();
         let token = |c: Value| sign(Algorithm::HS256, &c);
-        assert_eq!(reason(&v, &token(with(claims(), "iss", json!("https://evil/")))), DenyReason::BadIssuer);
-        assert_eq!(reason(&v, &token(without(claims(), "iss"))), DenyReason::BadIssuer);
-        assert_eq!(reason(&v, &token(with(claims(), "aud", json!("other")))), DenyReason::BadAudience);
-        assert_eq!(reason(&v, &token(without(claims(), "aud"))), DenyReason::BadAudience);
-        assert!(check(&v, &token(with(claims(), "aud", json!(["other", "portcullis"])))).is_ok());
-        assert_eq!(reason(&v, &token(with(claims(), "aud", json!(["other"])))), DenyReason::BadAudience);
+        assert_eq!(
+            reason(&v, &token(with(claims(), "iss", json!("https://evil/")))),
+            DenyReason::BadIssuer
+        );
+        assert_eq!(
+            reason(&v, &token(without(claims(), "iss"))),
+            DenyReason::BadIssuer
+        );
+        assert_eq!(
+            reason(&v, &token(with(claims(), "aud", json!("other")))),
+            DenyReason::BadAudience
+        );
+        assert_eq!(
+            reason(&v, &token(without(claims(), "aud"))),
+            DenyReason::BadAudience
+        );
+        assert!(check(
+            &v,
+            &token(with(claims(), "aud", json!(["other", "portcullis"])))
+        )
+        .is_ok());
+        assert_eq!(
+            reason(&v, &token(with(claims(), "aud", json!(["other"])))),
+            DenyReason::BadAudience
+        );
     }
 
     #[test]
@@ -836,9 +1061,18 @@ mod tests {
         let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
         parts[1] = b64(with(claims(), "sub", json!("root")).to_string().as_bytes());
         assert_eq!(reason(&v, &parts.join(".")), DenyReason::BadSignature);
-        let other = encode(&Header::new(Algorithm::HS256), &claims(), &EncodingKey::from_secret(b"another secret of 32 bytes or more!!")).unwrap();
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(b"another secret of 32 bytes or more!!"),
+        )
+        .unwrap();
         assert_eq!(reason(&v, &other), DenyReason::BadSignature);
-        let unsigned = format!("{}.{}.", token.split('.').next().unwrap(), token.split('.').nth(1).unwrap());
+        let unsigned = format!(
+            "{}.{}.",
+            token.split('.').next().unwrap(),
+            token.split('.').nth(1).unwrap()
+        );
         assert_eq!(reason(&v, &unsigned), DenyReason::BadSignature);
     }
 
@@ -846,12 +1080,30 @@ mod tests {
     fn identity_claims_are_validated() {
         let v = hmac_verifier();
         let token = |c: Value| sign(Algorithm::HS256, &c);
-        assert_eq!(reason(&v, &token(without(claims(), "sub"))), DenyReason::UnknownToken);
-        assert_eq!(reason(&v, &token(with(claims(), "sub", json!("")))), DenyReason::UnknownToken);
-        assert_eq!(reason(&v, &token(with(claims(), "sub", json!("a\r\nX-Admin: 1")))), DenyReason::UnknownToken);
-        assert_eq!(reason(&v, &token(with(claims(), "groups", json!(["a,admins"])))), DenyReason::UnknownToken);
-        assert_eq!(reason(&v, &token(with(claims(), "groups", json!([1])))), DenyReason::UnknownToken);
-        assert_eq!(reason(&v, &token(with(claims(), "scope", json!(7)))), DenyReason::UnknownToken);
+        assert_eq!(
+            reason(&v, &token(without(claims(), "sub"))),
+            DenyReason::UnknownToken
+        );
+        assert_eq!(
+            reason(&v, &token(with(claims(), "sub", json!("")))),
+            DenyReason::UnknownToken
+        );
+        assert_eq!(
+            reason(&v, &token(with(claims(), "sub", json!("a\r\nX-Admin: 1")))),
+            DenyReason::UnknownToken
+        );
+        assert_eq!(
+            reason(&v, &token(with(claims(), "groups", json!(["a,admins"])))),
+            DenyReason::UnknownToken
+        );
+        assert_eq!(
+            reason(&v, &token(with(claims(), "groups", json!([1])))),
+            DenyReason::UnknownToken
+        );
+        assert_eq!(
+            reason(&v, &token(with(claims(), "scope", json!(7)))),
+            DenyReason::UnknownToken
+        );
         let id = check(&v, &token(with(claims(), "groups", json!("solo")))).unwrap();
         assert_eq!(id.groups, ["solo"]);
     }
@@ -868,7 +1120,15 @@ mod tests {
     #[test]
     fn only_jwt_shaped_tokens_parse() {
         assert!(Token::parse(&sign(Algorithm::HS256, &claims())).is_some());
-        for not_jwt in ["abc", "a.b", "a.b.c", "a.b.c.d", "..", "eyJhbGciOiJIUzI1NiJ9", "e30.e30.x"] {
+        for not_jwt in [
+            "abc",
+            "a.b",
+            "a.b.c",
+            "a.b.c.d",
+            "..",
+            "eyJhbGciOiJIUzI1NiJ9",
+            "e30.e30.x",
+        ] {
             assert!(Token::parse(not_jwt).is_none(), "{not_jwt}");
         }
         // {"alg":"HS256"} with two more parts is a JWT, whatever those parts hold.
@@ -882,8 +1142,14 @@ mod tests {
         // A JWKS-backed verifier allowing RS256 refuses HS256 outright, even if a confused
         // config tried to allow it: the algorithm's family has no key here.
         let set = KeySet::from_keys(Vec::new());
-        let v = JwtVerifier::new(settings(vec![Algorithm::RS256, Algorithm::HS256]), KeySource::Jwks(set));
-        assert_eq!(reason(&v, &sign(Algorithm::HS256, &claims())), DenyReason::DisallowedAlgorithm);
+        let v = JwtVerifier::new(
+            settings(vec![Algorithm::RS256, Algorithm::HS256]),
+            KeySource::Jwks(set),
+        );
+        assert_eq!(
+            reason(&v, &sign(Algorithm::HS256, &claims())),
+            DenyReason::DisallowedAlgorithm
+        );
     }
 
     #[test]
@@ -923,7 +1189,10 @@ mod tests {
 
     #[test]
     fn jwks_file_loads_relative_to_the_config() {
-        let config = load(&format!("{ISS_AUD}algorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\njwks_file = \"jwks.json\"")).unwrap();
+        let config = load(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\njwks_file = \"jwks.json\""
+        ))
+        .unwrap();
         let verifier = config.jwt.as_ref().unwrap();
         assert!(verifier.is_ready());
         assert_eq!(verifier.settings().leeway, 30);
@@ -931,8 +1200,15 @@ mod tests {
         let pem = std::fs::read(fixtures().join("rsa-a.pem")).unwrap();
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("rsa-a".into());
-        let token = encode(&header, &claims(), &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
-        let id = verifier.verify_now(&Token::parse(&token).unwrap(), NOW).unwrap();
+        let token = encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap();
+        let id = verifier
+            .verify_now(&Token::parse(&token).unwrap(), NOW)
+            .unwrap();
         assert_eq!(id.user, "alice");
     }
 
@@ -943,36 +1219,57 @@ mod tests {
         assert_eq!(verifier.settings().leeway, 5);
         let secret = std::fs::read(fixtures().join("hmac.secret")).unwrap();
         let secret = secret.strip_suffix(b"\n").unwrap();
-        let token = encode(&Header::new(Algorithm::HS256), &claims(), &EncodingKey::from_secret(secret)).unwrap();
-        assert!(verifier.verify_now(&Token::parse(&token).unwrap(), NOW).is_ok());
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        assert!(verifier
+            .verify_now(&Token::parse(&token).unwrap(), NOW)
+            .is_ok());
     }
 
     #[test]
     fn hmac_algorithms_with_a_jwks_are_refused_at_load() {
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\", \"HS256\"]\njwks_file = \"jwks.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\", \"HS256\"]\njwks_file = \"jwks.json\""
+        ));
         assert_eq!(err.key.as_deref(), Some("jwt.algorithms[1]"));
         assert_eq!(err.position, Some((7, 24)), "{err}");
         assert!(err.message.contains("algorithm-confusion"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"HS256\"]\njwks_url = \"https://id.example.com/jwks\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"HS256\"]\njwks_url = \"https://id.example.com/jwks\""
+        ));
         assert_eq!(err.key.as_deref(), Some("jwt.algorithms[0]"), "{err}");
     }
 
     #[test]
     fn public_key_algorithms_with_a_secret_are_refused_at_load() {
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"HS256\", \"RS256\"]\nhmac_secret_file = \"hmac.secret\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"HS256\", \"RS256\"]\nhmac_secret_file = \"hmac.secret\""
+        ));
         assert_eq!(err.key.as_deref(), Some("jwt.algorithms[1]"));
         assert!(err.message.contains("public key"), "{err}");
     }
 
     #[test]
     fn none_and_unknown_algorithms_are_refused_at_load() {
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"none\"]\njwks_file = \"jwks.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"none\"]\njwks_file = \"jwks.json\""
+        ));
         assert!(err.message.contains("never accepted"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS1\"]\njwks_file = \"jwks.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS1\"]\njwks_file = \"jwks.json\""
+        ));
         assert!(err.message.contains("unknown algorithm"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\", \"RS256\"]\njwks_file = \"jwks.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\", \"RS256\"]\njwks_file = \"jwks.json\""
+        ));
         assert!(err.message.contains("twice"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = []\njwks_file = \"jwks.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = []\njwks_file = \"jwks.json\""
+        ));
         assert_eq!(err.key.as_deref(), Some("jwt.algorithms"), "{err}");
     }
 
@@ -989,11 +1286,17 @@ mod tests {
 
     #[test]
     fn bad_key_files_are_config_errors() {
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"missing.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"missing.json\""
+        ));
         assert!(err.message.contains("cannot read"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"rsa-a.pem\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"rsa-a.pem\""
+        ));
         assert!(err.message.contains("not a JSON Web Key Set"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"ES384\"]\njwks_file = \"jwks.json\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"ES384\"]\njwks_file = \"jwks.json\""
+        ));
         assert!(err.message.contains("no key usable"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("short"), "too short\n").unwrap();
@@ -1002,7 +1305,10 @@ mod tests {
         );
         let err = crate::config::Config::from_toml(&dir.path().join("p.toml"), &text).unwrap_err();
         assert!(err.message.contains("at least 32 bytes"), "{err}");
-        assert!(!err.message.contains("too short"), "never echo the secret: {err}");
+        assert!(
+            !err.message.contains("too short"),
+            "never echo the secret: {err}"
+        );
     }
 
     #[test]
@@ -1011,24 +1317,36 @@ mod tests {
         assert_eq!(err.key.as_deref(), Some("jwt.issuer"), "{err}");
         let err = load_err("issuer = \"i\"\nalgorithms = [\"RS256\"]\njwks_file = \"jwks.json\"");
         assert_eq!(err.key.as_deref(), Some("jwt.audience"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\njwks_refresh = \"5m\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\njwks_refresh = \"5m\""
+        ));
         assert_eq!(err.key.as_deref(), Some("jwt.jwks_refresh"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\"]\njwks_url = \"ftp://x/jwks\""));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\"]\njwks_url = \"ftp://x/jwks\""
+        ));
         assert_eq!(err.key.as_deref(), Some("jwt.jwks_url"), "{err}");
-        let err = load_err(&format!("{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\nbogus = 1"));
+        let err = load_err(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\"]\njwks_file = \"jwks.json\"\nbogus = 1"
+        ));
         assert!(err.message.contains("bogus"), "{err}");
     }
 
     #[test]
     fn a_jwks_url_is_not_ready_until_fetched() {
-        let config = load(&format!("{ISS_AUD}algorithms = [\"RS256\"]\njwks_url = \"http://127.0.0.1:9/jwks\"")).unwrap();
+        let config = load(&format!(
+            "{ISS_AUD}algorithms = [\"RS256\"]\njwks_url = \"http://127.0.0.1:9/jwks\""
+        ))
+        .unwrap();
         let verifier = config.jwt.as_ref().unwrap();
         assert!(!verifier.is_ready());
         // Nothing is fetched outside a runtime, and no key means no token passes.
         verifier.spawn_refresh();
         let token = sign(Algorithm::HS256, &claims());
         assert_eq!(
-            verifier.verify_now(&Token::parse(&token).unwrap(), NOW).unwrap_err().reason,
+            verifier
+                .verify_now(&Token::parse(&token).unwrap(), NOW)
+                .unwrap_err()
+                .reason,
             DenyReason::DisallowedAlgorithm
         );
     }

@@ -16,7 +16,9 @@ pub use basic::PasswordVerifier;
 pub use credentials::Credential;
 
 use crate::config::{Config, Route, Scheme, StaticToken, User};
+use crate::ratelimit::FailureLimiter;
 use crate::session::{ActiveSession, Sessions};
+use std::net::IpAddr;
 use crate::error::{DenyReason, Denial, Refusal};
 
 /// Who the caller is, once authenticated.
@@ -76,15 +78,10 @@ impl Identity {
 /// without hashing, and an ended one is refused even when Basic credentials come with it, so
 /// that a browser's Basic login is bound by the session's idle and absolute timeouts too.
 /// Otherwise the one `Authorization` credential is checked against the route's schemes.
-pub async fn authenticate(
-    config: &Config,
-    verifier: &PasswordVerifier,
-    sessions: &Sessions,
-    route: &Route,
-    headers: &HeaderMap,
-) -> Result<Identity, Refusal> {
-    if route.accepts(Scheme::Session) && sessions.has_cookie(headers) {
-        return session_identity(config, sessions, headers).await;
+pub async fn authenticate(ctx: &AuthContext<'_>, route: &Route, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    let config = ctx.config;
+    if route.accepts(Scheme::Session) && ctx.sessions.has_cookie(headers) {
+        return session_identity(config, ctx.sessions, headers).await;
     }
     let credential = credentials::parse(headers)?;
     match credential {
@@ -99,7 +96,7 @@ pub async fn authenticate(
                 return Err(missing(route, "sent a Basic credential, which this route does not accept").into());
             }
             let basic = basic.map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))?;
-            let user = verifier.verify(&config.users, &basic.user, &basic.password).await?;
+            let user = ctx.check_password(&basic.user, &basic.password).await?;
             Ok(Identity {
                 principal: Principal::User(user),
                 method: Scheme::Basic,
@@ -111,13 +108,48 @@ pub async fn authenticate(
                 return Err(missing(route, "sent a Bearer credential, which this route does not accept").into());
             }
             let token = token.map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
-            let principal = bearer::authenticate(config, token).await?;
+            ctx.limiter.check(ctx.client_ip, None).await?;
+            let principal = match bearer::authenticate(config, token).await {
+                Ok(principal) => principal,
+                Err(denial) => {
+                    ctx.limiter.record_failure(ctx.client_ip, None).await;
+                    return Err(denial.into());
+                }
+            };
             Ok(Identity {
                 principal,
                 method: Scheme::Bearer,
                 session: None,
             })
         }
+    }
+}
+
+/// What authentication needs besides the request.
+pub struct AuthContext<'a> {
+    /// The current config.
+    pub config: &'a Config,
+    /// Password checks.
+    pub verifier: &'a PasswordVerifier,
+    /// Sessions.
+    pub sessions: &'a Sessions,
+    /// Failure counting and lockouts.
+    pub limiter: &'a FailureLimiter,
+    /// The real client address.
+    pub client_ip: IpAddr,
+}
+
+impl AuthContext<'_> {
+    /// A password check (Basic or the login form) behind the brute-force limits: a locked-out
+    /// client or user is refused before any hashing, and a wrong password or unknown user
+    /// counts against both.
+    pub async fn check_password(&self, user: &str, password: &str) -> Result<Arc<User>, Refusal> {
+        self.limiter.check(self.client_ip, Some(user)).await?;
+        let result = self.verifier.verify(&self.config.users, user, password).await;
+        if let Err(Refusal::Deny(_)) = &result {
+            self.limiter.record_failure(self.client_ip, Some(user)).await;
+        }
+        result
     }
 }
 

@@ -9,9 +9,9 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::auth::PasswordVerifier;
+use crate::auth::AuthContext;
 use crate::config::{Config, Scheme};
-use crate::error::{DenyReason, Denial, Refusal};
+use crate::error::{Denial, DenyReason, Refusal};
 use crate::response::Body;
 use crate::session::Sessions;
 
@@ -51,18 +51,24 @@ impl Outcome {
 pub struct Endpoints<'a> {
     /// The current config.
     pub config: &'a Config,
-    /// Password checks (shared with Basic).
-    pub verifier: &'a PasswordVerifier,
     /// The session manager.
     pub sessions: &'a Sessions,
+    /// Password checks, with the same brute-force limits as Basic.
+    pub auth: AuthContext<'a>,
 }
 
 impl Endpoints<'_> {
     /// Serves a reserved path; `None` when the path is not one of ours (the caller answers 403).
-    pub async fn serve(&self, path: &str, request: Request<Incoming>) -> Option<Result<Outcome, Refusal>> {
+    pub async fn serve(
+        &self,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Option<Result<Outcome, Refusal>> {
         let method = request.method().clone();
         let outcome = match (path, &method) {
-            (LOGIN_PATH, &Method::GET | &Method::HEAD) if self.config.login.enabled => Ok(self.form(&request)),
+            (LOGIN_PATH, &Method::GET | &Method::HEAD) if self.config.login.enabled => {
+                Ok(self.form(&request))
+            }
             (LOGIN_PATH, &Method::POST) if self.config.login.enabled => self.login(request).await,
             (LOGOUT_PATH, &Method::POST) => self.logout(request).await,
             (WHOAMI_PATH, &Method::GET | &Method::HEAD) => self.whoami(&request).await,
@@ -104,14 +110,17 @@ impl Endpoints<'_> {
         }
         let form = read_form(request).await?;
         let next = safe_next(&form.next).to_string();
-        let user = self.verifier.verify(&self.config.users, &form.username, &form.password).await;
+        let user = self.auth.check_password(&form.username, &form.password).await;
         let user = match user {
             Ok(user) => user,
-            Err(Refusal::Deny(denial)) => {
+            // A lockout is answered as such (429 with Retry-After), not as a wrong password.
+            Err(Refusal::Deny(denial)) if denial.reason != DenyReason::RateLimited => {
                 let page = LoginPage {
                     title: &self.config.pages.title,
                     next: &next,
-                    error: Some("The user name or password was not accepted. Check both and try again."),
+                    error: Some(
+                        "The user name or password was not accepted. Check both and try again.",
+                    ),
                     ended: None,
                     idle: self.sessions.idle_timeout(),
                     absolute: self.sessions.absolute_timeout(),
@@ -119,7 +128,10 @@ impl Endpoints<'_> {
                 let response = html(StatusCode::UNAUTHORIZED, page.render());
                 return Ok(Outcome {
                     response,
-                    refusal: Some(Refusal::Deny(Denial { scheme: Some(Scheme::Session), ..denial })),
+                    refusal: Some(Refusal::Deny(Denial {
+                        scheme: Some(Scheme::Session),
+                        ..denial
+                    })),
                     user: Some(form.username),
                 });
             }
@@ -128,7 +140,9 @@ impl Endpoints<'_> {
         // Always a fresh id: a session id the browser already had is never adopted.
         let id = self.sessions.create(&user.name).await?;
         let mut response = redirect(StatusCode::SEE_OTHER, &next);
-        response.headers_mut().append(SET_COOKIE, self.sessions.set_cookie(&id));
+        response
+            .headers_mut()
+            .append(SET_COOKIE, self.sessions.set_cookie(&id));
         Ok(Outcome::ok(response, Some(user.name.clone())))
     }
 
@@ -143,18 +157,32 @@ impl Endpoints<'_> {
             }
             self.sessions.delete(id).await?;
         }
-        let mut response = redirect(StatusCode::SEE_OTHER, safe_next(&self.config.login.after_logout));
-        response.headers_mut().append(SET_COOKIE, self.sessions.clear_cookie());
+        let mut response = redirect(
+            StatusCode::SEE_OTHER,
+            safe_next(&self.config.login.after_logout),
+        );
+        response
+            .headers_mut()
+            .append(SET_COOKIE, self.sessions.clear_cookie());
         Ok(Outcome::ok(response, user))
     }
 
     async fn whoami(&self, request: &Request<Incoming>) -> Result<Outcome, Refusal> {
         let Some(id) = self.sessions.cookie(request.headers()) else {
-            return Err(Denial::of(Scheme::Session, DenyReason::MissingCredentials, "no session cookie").into());
+            return Err(Denial::of(
+                Scheme::Session,
+                DenyReason::MissingCredentials,
+                "no session cookie",
+            )
+            .into());
         };
         let active = self.sessions.check(id).await?;
         let user = self.config.users.get(&active.record.user).ok_or_else(|| {
-            Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session's user is no longer configured")
+            Denial::of(
+                Scheme::Session,
+                DenyReason::SessionUnknown,
+                "the session's user is no longer configured",
+            )
         })?;
         let body = serde_json::json!({
             "user": user.name,
@@ -164,8 +192,12 @@ impl Endpoints<'_> {
             "absolute_expires": rfc3339(active.absolute_expires_ms),
         });
         let mut response = Response::new(Body::Right(Full::new(Bytes::from(format!("{body}\n")))));
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(Outcome::ok(response, Some(user.name.clone())))
     }
 }
@@ -177,7 +209,13 @@ struct LoginForm {
 }
 
 async fn read_form(request: Request<Incoming>) -> Result<LoginForm, Refusal> {
-    let malformed = |why: &'static str| Refusal::from(Denial::of(Scheme::Session, DenyReason::MalformedCredentials, why));
+    let malformed = |why: &'static str| {
+        Refusal::from(Denial::of(
+            Scheme::Session,
+            DenyReason::MalformedCredentials,
+            why,
+        ))
+    };
     let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
         .collect()
         .await
@@ -232,13 +270,20 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
 }
 
 /// `next` is honoured only as a same-origin relative path: `/x`, never `//host`, `/\host`,
-/// a scheme, or anything with control characters. Otherwise `/`.
+/// a scheme, or anything with control characters. Otherwise `/`. The path part is also
+/// checked once percent-decoded (`/%0d%0a…`, `/%2F/host`, `/%5Chost`), so that an upstream
+/// that decodes before redirecting cannot be turned into an open redirect or a header
+/// injection either.
 pub fn safe_next(next: &str) -> &str {
     let bytes = next.as_bytes();
+    let path = next.split(['?', '#']).next().unwrap_or("");
+    let decoded = percent_decode(path.as_bytes());
     let relative = bytes.first() == Some(&b'/')
         && !matches!(bytes.get(1), Some(b'/') | Some(b'\\'))
         && !next.contains('\\')
         && !next.bytes().any(|b| b.is_ascii_control() || b == b' ')
+        && !matches!(decoded.get(1), Some(b'/') | Some(b'\\'))
+        && !decoded.iter().any(|b| b.is_ascii_control() || *b == b'\\')
         && next.len() <= 2048;
     if relative {
         next
@@ -247,13 +292,40 @@ pub fn safe_next(next: &str) -> &str {
     }
 }
 
+/// `%XX` decoded once; other bytes (and malformed escapes) as they are.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let escaped = match (input[i], input.get(i + 1), input.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(input[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// A `303`/`302` to a same-origin path.
 pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     let mut response = Response::new(Body::Right(Full::new(Bytes::new())));
     *response.status_mut() = status;
-    let location = HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
+    let location =
+        HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
     response.headers_mut().insert(LOCATION, location);
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -270,10 +342,13 @@ pub fn login_url(next: &str, ended: Option<EndedNotice>) -> String {
 fn html(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::Right(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -283,7 +358,12 @@ fn rfc3339(ms: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -306,10 +386,35 @@ mod tests {
 
     #[test]
     fn next_is_only_a_relative_path() {
-        for ok in ["/", "/x", "/a/b?c=d", "/caf%C3%A9"] {
+        for ok in [
+            "/",
+            "/x",
+            "/a/b?c=d",
+            "/caf%C3%A9",
+            "/a%2Fb",
+            "/s?q=%0A%5C",
+            "/%zz",
+        ] {
             assert_eq!(safe_next(ok), ok);
         }
-        for bad in ["", "//evil.com", "/\\evil.com", "https://evil.com", "http:/x", "javascript:alert(1)", "/a\\b", "x", "/\t/evil", " /x"] {
+        for bad in [
+            "",
+            "//evil.com",
+            "/\\evil.com",
+            "https://evil.com",
+            "http:/x",
+            "javascript:alert(1)",
+            "/a\\b",
+            "x",
+            "/\t/evil",
+            " /x",
+            "/%0d%0aSet-Cookie:x",
+            "/%2F/evil.com",
+            "/%2fevil.com",
+            "/%5Cevil.com",
+            "/a%5cb",
+            "/x%00",
+        ] {
             assert_eq!(safe_next(bad), "/", "{bad:?}");
         }
     }
@@ -337,7 +442,13 @@ mod tests {
 
     #[test]
     fn login_url_encodes_next() {
-        assert_eq!(login_url("/a b?x=1&y", None), "/.portcullis/login?next=%2Fa+b%3Fx%3D1%26y");
-        assert_eq!(login_url("/", Some(EndedNotice::Idle)), "/.portcullis/login?next=%2F&ended=idle");
+        assert_eq!(
+            login_url("/a b?x=1&y", None),
+            "/.portcullis/login?next=%2Fa+b%3Fx%3D1%26y"
+        );
+        assert_eq!(
+            login_url("/", Some(EndedNotice::Idle)),
+            "/.portcullis/login?next=%2F&ended=idle"
+        );
     }
 }

@@ -51,9 +51,9 @@ pub struct LoginPage<'a> {
 /// "15 minutes", "1 hour", "12 hours", "45 seconds".
 pub fn plain_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    let (n, unit) = if secs >= 3600 && secs % 3600 == 0 {
+    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
         (secs / 3600, "hour")
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         (secs / 60, "minute")
     } else {
         (secs.max(1), "second")
@@ -85,7 +85,10 @@ impl LoginPage<'_> {
         let notice = self
             .notice()
             .map(|(text, class)| {
-                format!("<p class=\"{class}\" role=\"alert\">{}</p>", html_escape(&text))
+                format!(
+                    "<p class=\"{class}\" role=\"alert\">{}</p>",
+                    html_escape(&text)
+                )
             })
             .unwrap_or_default();
         format!(

@@ -89,6 +89,11 @@ pub fn refusal(refusal: &Refusal, ctx: &RefusalContext<'_>) -> Response<Body> {
 fn add_refusal_headers(headers: &mut HeaderMap, refusal: &Refusal, route: Option<&Route>) {
     match refusal {
         Refusal::Deny(denial) => {
+            if let Some(seconds) = denial.retry_after {
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    headers.insert(RETRY_AFTER, value);
+                }
+            }
             let Some(route) = route else { return };
             match denial.reason {
                 DenyReason::MethodNotAllowed => {

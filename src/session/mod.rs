@@ -12,11 +12,12 @@ use http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+pub use redis_store::RedisStore;
 pub use store::{Store, StoreError};
 
-use crate::config::SessionSection;
-use crate::error::{DenyReason, Denial, FailReason, Failure, Refusal};
 use crate::config::Scheme;
+use crate::config::SessionSection;
+use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
 /// A session id is 32 random bytes (256 bits) in URL-safe base64: 43 characters.
 const ID_BYTES: usize = 32;
@@ -124,14 +125,23 @@ impl Sessions {
             .get(&key)
             .await
             .map_err(store_failure)?
-            .ok_or_else(|| Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session is not known to the store"))?;
+            .ok_or_else(|| {
+                Denial::of(
+                    Scheme::Session,
+                    DenyReason::SessionUnknown,
+                    "the session is not known to the store",
+                )
+            })?;
         let absolute_expires_ms = record.created_ms.saturating_add(millis(self.absolute));
         if now >= absolute_expires_ms {
             let _ = self.store.delete(&key).await;
             return Err(Denial::of(
                 Scheme::Session,
                 DenyReason::SessionAbsoluteTimeout,
-                format!("the session reached its absolute lifetime of {}", crate::config::HumanDuration(self.absolute)),
+                format!(
+                    "the session reached its absolute lifetime of {}",
+                    crate::config::HumanDuration(self.absolute)
+                ),
             )
             .into());
         }
@@ -140,7 +150,10 @@ impl Sessions {
             return Err(Denial::of(
                 Scheme::Session,
                 DenyReason::SessionIdleTimeout,
-                format!("the session was idle for longer than {}", crate::config::HumanDuration(self.idle)),
+                format!(
+                    "the session was idle for longer than {}",
+                    crate::config::HumanDuration(self.idle)
+                ),
             )
             .into());
         }
@@ -185,7 +198,10 @@ impl Sessions {
 
     /// Ends a session in the store; its cookie is refused from now on, even if replayed.
     pub async fn delete(&self, id: &str) -> Result<(), Failure> {
-        self.store.delete(&store_key(id)).await.map_err(store_failure)
+        self.store
+            .delete(&store_key(id))
+            .await
+            .map_err(store_failure)
     }
 
     /// `Set-Cookie` for a new session.
@@ -200,7 +216,10 @@ impl Sessions {
     }
 
     fn cookie_header(&self, value: &str, max_age: Option<u64>) -> HeaderValue {
-        let mut text = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", self.cookie_name);
+        let mut text = format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax",
+            self.cookie_name
+        );
         if let Some(age) = max_age {
             text.push_str(&format!("; Max-Age={age}"));
         }
@@ -211,7 +230,8 @@ impl Sessions {
             text.push_str("; Domain=");
             text.push_str(domain);
         }
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("portcullis_session=; Max-Age=0"))
+        HeaderValue::from_str(&text)
+            .unwrap_or_else(|_| HeaderValue::from_static("portcullis_session=; Max-Age=0"))
     }
 
     /// Removes our cookie from a `Cookie` header so the upstream never sees the session id.
@@ -221,7 +241,10 @@ impl Sessions {
 }
 
 fn store_failure(err: StoreError) -> Failure {
-    Failure::new(FailReason::StoreUnavailable, format!("session store: {err}"))
+    Failure::new(
+        FailReason::StoreUnavailable,
+        format!("session store: {err}"),
+    )
 }
 
 /// The SHA-256 of a session id: what the store is keyed by.
@@ -289,7 +312,10 @@ mod tests {
     #[test]
     fn cookies_are_found_and_stripped() {
         let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("a=1; portcullis_session=abc; b=2"));
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; portcullis_session=abc; b=2"),
+        );
         h.append(COOKIE, HeaderValue::from_static("portcullis_session=def"));
         assert_eq!(cookie_value(&h, "portcullis_session"), Some("abc"));
         strip_cookie(&mut h, "portcullis_session");

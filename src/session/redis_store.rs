@@ -34,7 +34,8 @@ pub struct RedisStore {
 impl RedisStore {
     /// Validates the URL; connects on first use.
     pub fn new(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid session.redis_url: {e}"))?;
+        let client =
+            redis::Client::open(url).map_err(|e| format!("invalid session.redis_url: {e}"))?;
         Ok(RedisStore {
             client,
             connection: OnceCell::new(),
@@ -57,7 +58,8 @@ impl RedisStore {
         Ok(manager.clone())
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
+    /// Runs one command with the store's timeout (also used by the Redis failure counters).
+    pub async fn command<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
         let mut connection = self.connection().await?;
         match tokio::time::timeout(OP_TIMEOUT, command.query_async(&mut connection)).await {
             Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
@@ -66,7 +68,8 @@ impl RedisStore {
     }
 
     pub(super) async fn get(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
-        let fields: HashMap<String, String> = self.run(redis::cmd("HGETALL").arg(redis_key(key))).await?;
+        let fields: HashMap<String, String> =
+            self.command(redis::cmd("HGETALL").arg(redis_key(key))).await?;
         let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
         let record = match (fields.get("u"), number("c"), number("s")) {
             (Some(user), Some(created_ms), Some(last_seen_ms)) => Some(SessionRecord {
@@ -79,7 +82,12 @@ impl RedisStore {
         Ok(record)
     }
 
-    pub(super) async fn put(&self, key: &SessionKey, record: &SessionRecord, expires_ms: u64) -> Result<(), StoreError> {
+    pub(super) async fn put(
+        &self,
+        key: &SessionKey,
+        record: &SessionRecord,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         let name = redis_key(key);
         let mut pipe = redis::pipe();
@@ -103,22 +111,42 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn touch(&self, key: &SessionKey, now_ms: u64, _expires_ms: u64) -> Result<(), StoreError> {
+    /// Runs a Lua script invocation with the store's timeout.
+    pub async fn script<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<T>(&mut connection)).await {
+            Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Redis("timed out".to_string())),
+        }
+    }
+
+    pub(super) async fn touch(
+        &self,
+        key: &SessionKey,
+        now_ms: u64,
+        _expires_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         let mut invocation = self.touch.key(redis_key(key));
         invocation.arg(now_ms);
-        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
-            Ok(result) => result.map(|_| ()).map_err(|e| StoreError::Redis(e.to_string())),
+        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<i64>(&mut connection))
+            .await
+        {
+            Ok(result) => result
+                .map(|_| ())
+                .map_err(|e| StoreError::Redis(e.to_string())),
             Err(_) => Err(StoreError::Redis("timed out".to_string())),
         }
     }
 
     pub(super) async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.run::<i64>(redis::cmd("DEL").arg(redis_key(key))).await.map(|_| ())
+        self.command::<i64>(redis::cmd("DEL").arg(redis_key(key)))
+            .await
+            .map(|_| ())
     }
 
     pub(super) async fn ping(&self) -> bool {
-        self.run::<String>(&redis::cmd("PING")).await.is_ok()
+        self.command::<String>(&redis::cmd("PING")).await.is_ok()
     }
 }
 

@@ -26,7 +26,7 @@ pub enum Store {
     /// Sessions in this process only.
     Memory(Arc<MemoryStore>),
     /// Sessions in Redis, shared between instances.
-    Redis(RedisStore),
+    Redis(Arc<RedisStore>),
 }
 
 impl Store {
@@ -35,7 +35,8 @@ impl Store {
         match config.store {
             SessionStoreKind::Memory => {
                 let store = Arc::new(MemoryStore::default());
-                let sweep_every = (config.idle_timeout.0 / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+                let sweep_every = (config.idle_timeout.0 / 4)
+                    .clamp(Duration::from_millis(250), Duration::from_secs(60));
                 let idle_ms = u64::try_from(config.idle_timeout.0.as_millis()).unwrap_or(u64::MAX);
                 MemoryStore::spawn_sweeper(&store, sweep_every, idle_ms);
                 Ok(Store::Memory(store))
@@ -45,7 +46,7 @@ impl Store {
                     .redis_url
                     .as_deref()
                     .ok_or("session.store = \"redis\" needs session.redis_url")?;
-                RedisStore::new(url).map(Store::Redis)
+                RedisStore::new(url).map(|r| Store::Redis(Arc::new(r)))
             }
         }
     }
@@ -59,7 +60,12 @@ impl Store {
     }
 
     /// Writes a new session that the store forgets at `expires_ms`.
-    pub async fn put(&self, key: &SessionKey, record: &SessionRecord, expires_ms: u64) -> Result<(), StoreError> {
+    pub async fn put(
+        &self,
+        key: &SessionKey,
+        record: &SessionRecord,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
                 m.put(key, record, expires_ms);
@@ -70,7 +76,12 @@ impl Store {
     }
 
     /// Records activity on an existing session (never recreates a deleted one).
-    pub async fn touch(&self, key: &SessionKey, now_ms: u64, expires_ms: u64) -> Result<(), StoreError> {
+    pub async fn touch(
+        &self,
+        key: &SessionKey,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
                 m.touch(key, now_ms);
@@ -88,6 +99,14 @@ impl Store {
                 Ok(())
             }
             Store::Redis(r) => r.delete(key).await,
+        }
+    }
+
+    /// The Redis connection, when sessions live in Redis (the failure counters share it).
+    pub fn redis(&self) -> Option<Arc<RedisStore>> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => Some(r.clone()),
         }
     }
 
@@ -166,9 +185,15 @@ impl MemoryStore {
         let now = now_ms();
         self.sessions.write().retain(|_, entry| {
             let idle_end = idle_ms.map_or(u64::MAX, |idle| {
-                entry.last_seen_ms.load(Ordering::Relaxed).saturating_add(idle)
+                entry
+                    .last_seen_ms
+                    .load(Ordering::Relaxed)
+                    .saturating_add(idle)
             });
-            now < entry.expires_ms.min(idle_end).saturating_add(TOMBSTONE_GRACE_MS)
+            now < entry
+                .expires_ms
+                .min(idle_end)
+                .saturating_add(TOMBSTONE_GRACE_MS)
         });
     }
 
@@ -200,7 +225,11 @@ mod tests {
             last_seen_ms: now,
         };
         store.put(&[1; 32], &record, now + 60_000);
-        store.put(&[2; 32], &record, now.saturating_sub(TOMBSTONE_GRACE_MS + 1));
+        store.put(
+            &[2; 32],
+            &record,
+            now.saturating_sub(TOMBSTONE_GRACE_MS + 1),
+        );
         assert_eq!(store.get(&[1; 32]), Some(record.clone()));
         store.touch(&[1; 32], now + 5);
         assert_eq!(store.get(&[1; 32]).unwrap().last_seen_ms, now + 5);

@@ -1,0 +1,321 @@
+//! Brute-force protection: failed credential checks are counted per client IP and per user
+//! name; past `max_failures` within `window`, that IP or user is locked out for `lockout`
+//! (429 with `Retry-After`), and no password is hashed for it meanwhile.
+//!
+//! In memory, governor's GCRA limiter does the counting (a burst of `max_failures - 1`
+//! refilled over `window`); with `session.store = "redis"` the counters live in Redis so a
+//! cluster shares them.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+
+use crate::config::RateLimitSection;
+use crate::error::{DenyReason, Denial};
+use crate::session::RedisStore;
+
+/// Most keys (IPs or user names) tracked per map: a flood of distinct keys costs at most
+/// this much memory (about 100 bytes each); past it the oldest state is dropped.
+const MAX_TRACKED: usize = 100_000;
+
+/// A user name is tracked by its SHA-256, so a huge name costs no more than a short one.
+type UserKey = [u8; 32];
+
+/// Failure counting and lockouts.
+pub struct FailureLimiter {
+    max_failures: u32,
+    window: Duration,
+    lockout: Duration,
+    backend: Backend,
+}
+
+enum Backend {
+    Memory(Box<MemoryCounters>),
+    Redis(Arc<RedisStore>),
+}
+
+struct MemoryCounters {
+    ips: Counters<IpAddr>,
+    users: Counters<UserKey>,
+    locked_ips: Mutex<HashMap<IpAddr, Instant>>,
+    locked_users: Mutex<HashMap<UserKey, Instant>>,
+}
+
+fn user_key(user: &str) -> UserKey {
+    Sha256::digest(user.as_bytes()).into()
+}
+
+impl FailureLimiter {
+    /// In-memory limiter, or a Redis-backed one when sessions live in Redis.
+    pub fn new(config: &RateLimitSection, redis: Option<Arc<RedisStore>>) -> Self {
+        let backend = match redis {
+            Some(store) => Backend::Redis(store),
+            None => Backend::Memory(Box::new(MemoryCounters::new(config))),
+        };
+        FailureLimiter {
+            max_failures: config.max_failures,
+            window: config.window.0,
+            lockout: config.lockout.0,
+            backend,
+        }
+    }
+
+    /// Refuses a locked-out IP or user before any credential work is done.
+    pub async fn check(&self, ip: IpAddr, user: Option<&str>) -> Result<(), Denial> {
+        if self.max_failures == 0 {
+            return Ok(());
+        }
+        let remaining = match &self.backend {
+            Backend::Memory(m) => m.locked_for(ip, user.map(user_key)),
+            Backend::Redis(r) => redis_locked_for(r, ip, user).await,
+        };
+        match remaining {
+            Some(left) => {
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                let who = if user.is_some() { "this client or user" } else { "this client" };
+                Err(Denial {
+                    retry_after: Some(secs.max(1)),
+                    ..Denial::new(
+                        DenyReason::RateLimited,
+                        format!("{who} is locked out after too many failed attempts; {secs}s left"),
+                    )
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one failed credential check against the IP and (when known) the user name.
+    pub async fn record_failure(&self, ip: IpAddr, user: Option<&str>) {
+        if self.max_failures == 0 {
+            return;
+        }
+        match &self.backend {
+            Backend::Memory(m) => m.record(ip, user.map(user_key), self.lockout),
+            Backend::Redis(r) => {
+                if let Err(err) = redis_record(r, ip, user, self.max_failures, self.window, self.lockout).await {
+                    // Failing open here only loses a count; the credential was refused anyway.
+                    tracing::warn!(error = %err, "cannot count a failed attempt in redis");
+                }
+            }
+        }
+    }
+}
+
+// === impl MemoryCounters ===
+
+impl MemoryCounters {
+    fn new(config: &RateLimitSection) -> Self {
+        // `max_failures` failures lock: the first `max_failures - 1` fit in the burst, and the
+        // one that does not fit triggers the lockout, so the attempt after it gets 429.
+        let quota = NonZeroU32::new(config.max_failures.saturating_sub(1)).and_then(|burst| {
+            let period = config.window.0.checked_div(config.max_failures)?.max(Duration::from_millis(1));
+            Some(Quota::with_period(period)?.allow_burst(burst))
+        });
+        MemoryCounters {
+            ips: Counters::new(quota),
+            users: Counters::new(quota),
+            locked_ips: Mutex::new(HashMap::new()),
+            locked_users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn locked_for(&self, ip: IpAddr, user: Option<UserKey>) -> Option<Duration> {
+        let now = Instant::now();
+        let ip_left = remaining(&self.locked_ips, &ip, now);
+        let user_left = user.and_then(|u| remaining(&self.locked_users, &u, now));
+        ip_left.max(user_left)
+    }
+
+    fn record(&self, ip: IpAddr, user: Option<UserKey>, lockout: Duration) {
+        if self.ips.exceeded(&ip) {
+            lock(&self.locked_ips, ip, lockout);
+        }
+        if let Some(user) = user {
+            if self.users.exceeded(&user) {
+                lock(&self.locked_users, user, lockout);
+            }
+        }
+    }
+}
+
+/// One governor keyed limiter, replaced by a fresh one when it tracks too many keys (a flood
+/// of distinct IPs or names must not grow memory without bound; lockouts already in force
+/// are kept separately and survive the reset).
+struct Counters<K: Hash + Eq + Clone> {
+    quota: Option<Quota>,
+    limiter: RwLock<Option<DefaultKeyedRateLimiter<K>>>,
+}
+
+impl<K: Hash + Eq + Clone> Counters<K> {
+    fn new(quota: Option<Quota>) -> Self {
+        Counters {
+            quota,
+            limiter: RwLock::new(quota.map(RateLimiter::keyed)),
+        }
+    }
+
+    /// Takes one failure token; `true` when none was left (always, for a limit of one).
+    fn exceeded(&self, key: &K) -> bool {
+        let full = match &*self.limiter.read() {
+            Some(limiter) => limiter.len() >= MAX_TRACKED,
+            None => return true,
+        };
+        if full {
+            let mut limiter = self.limiter.write();
+            if let Some(current) = limiter.as_ref() {
+                current.retain_recent();
+                if current.len() >= MAX_TRACKED {
+                    *limiter = self.quota.map(RateLimiter::keyed);
+                }
+            }
+        }
+        self.limiter
+            .read()
+            .as_ref()
+            .is_none_or(|limiter| limiter.check_key(key).is_err())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter.read().as_ref().map_or(0, |l| l.len())
+    }
+}
+
+fn remaining<K: Hash + Eq>(locks: &Mutex<HashMap<K, Instant>>, key: &K, now: Instant) -> Option<Duration> {
+    let locks = locks.lock();
+    let until = *locks.get(key)?;
+    (until > now).then(|| until - now)
+}
+
+fn lock<K: Hash + Eq>(locks: &Mutex<HashMap<K, Instant>>, key: K, lockout: Duration) {
+    let now = Instant::now();
+    let mut locks = locks.lock();
+    if locks.len() >= MAX_TRACKED {
+        locks.retain(|_, until| *until > now);
+    }
+    if locks.len() < MAX_TRACKED {
+        locks.insert(key, now + lockout);
+    }
+}
+
+// === Redis counters ===
+
+/// INCR the failure counter (expiring with the window) and, at the limit, set the lock key.
+const RECORD_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+end
+return n
+";
+
+fn redis_keys(ip: IpAddr, user: Option<&str>) -> Vec<(String, String)> {
+    let mut keys = vec![(format!("portcullis:fail:ip:{ip}"), format!("portcullis:lock:ip:{ip}"))];
+    if let Some(user) = user {
+        let hex = hex::encode(user_key(user));
+        keys.push((format!("portcullis:fail:user:{hex}"), format!("portcullis:lock:user:{hex}")));
+    }
+    keys
+}
+
+async fn redis_locked_for(store: &RedisStore, ip: IpAddr, user: Option<&str>) -> Option<Duration> {
+    let mut longest: Option<Duration> = None;
+    for (_, lock_key) in redis_keys(ip, user) {
+        // A Redis outage must not lock everyone out (nor let anyone hash without limit: the
+        // hashing queue stays bounded), so an unanswered check counts as not locked.
+        let ttl: i64 = store.command(redis::cmd("PTTL").arg(&lock_key)).await.unwrap_or(-2);
+        if ttl > 0 {
+            let left = Duration::from_millis(ttl.unsigned_abs());
+            longest = Some(longest.map_or(left, |l| l.max(left)));
+        }
+    }
+    longest
+}
+
+async fn redis_record(
+    store: &RedisStore,
+    ip: IpAddr,
+    user: Option<&str>,
+    max_failures: u32,
+    window: Duration,
+    lockout: Duration,
+) -> Result<(), crate::session::StoreError> {
+    let script = redis::Script::new(RECORD_SCRIPT);
+    for (count_key, lock_key) in redis_keys(ip, user) {
+        let mut invocation = script.key(&count_key);
+        invocation
+            .key(&lock_key)
+            .arg(window.as_millis().max(1) as u64)
+            .arg(max_failures)
+            .arg(lockout.as_millis().max(1) as u64);
+        store.script::<i64>(&invocation).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    fn config(max: u32) -> RateLimitSection {
+        RateLimitSection {
+            max_failures: max,
+            window: HumanDuration(Duration::from_secs(300)),
+            lockout: HumanDuration(Duration::from_secs(900)),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_attempt_after_max_failures_is_refused() {
+        let limiter = FailureLimiter::new(&config(3), None);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.check(ip, Some("alice")).await.is_ok());
+            limiter.record_failure(ip, Some("alice")).await;
+        }
+        let denial = limiter.check(ip, Some("alice")).await.unwrap_err();
+        assert_eq!(denial.reason, DenyReason::RateLimited);
+        assert!(denial.retry_after.unwrap() > 890);
+        // The user is locked from any IP, and the IP for any user.
+        assert!(limiter.check("192.0.2.2".parse().unwrap(), Some("alice")).await.is_err());
+        assert!(limiter.check(ip, Some("bob")).await.is_err());
+        assert!(limiter.check("192.0.2.2".parse().unwrap(), Some("bob")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn zero_disables_and_one_locks_at_once() {
+        let off = FailureLimiter::new(&config(0), None);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..20 {
+            off.record_failure(ip, None).await;
+        }
+        assert!(off.check(ip, None).await.is_ok());
+        let strict = FailureLimiter::new(&config(1), None);
+        strict.record_failure(ip, None).await;
+        assert!(strict.check(ip, None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_under_a_flood_of_keys() {
+        let limiter = FailureLimiter::new(&config(2), None);
+        for n in 0..(MAX_TRACKED as u32 + 5_000) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            limiter.record_failure(ip, Some(&format!("user{n}"))).await;
+        }
+        let Backend::Memory(m) = &limiter.backend else { unreachable!() };
+        assert!(m.ips.len() <= MAX_TRACKED + 1);
+        assert!(m.users.len() <= MAX_TRACKED + 1);
+        assert!(m.locked_ips.lock().len() <= MAX_TRACKED);
+    }
+}
