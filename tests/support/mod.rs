@@ -547,6 +547,7 @@ pub struct ProxyConfig {
     body: String,
     files: Vec<(String, String)>,
     log_level: Option<String>,
+    plain: bool,
 }
 
 impl ProxyConfig {
@@ -559,6 +560,7 @@ impl ProxyConfig {
             body: body.into(),
             files: Vec::new(),
             log_level: None,
+            plain: false,
         }
     }
 
@@ -585,6 +587,12 @@ impl ProxyConfig {
     /// `--log-level` for the proxy.
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.to_string());
+        self
+    }
+
+    /// Start as `portcullis --config FILE` (no `run` subcommand).
+    pub fn without_run(mut self) -> Self {
+        self.plain = true;
         self
     }
 
@@ -680,8 +688,10 @@ impl Proxy {
             std::fs::write(dir.path().join(name), contents).unwrap();
         }
         let mut command = Command::new(binary());
+        if !config.plain {
+            command.arg("run");
+        }
         command
-            .arg("run")
             .arg("--config")
             .arg(&config_path)
             .arg("--log-format")
