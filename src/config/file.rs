@@ -92,6 +92,7 @@ pub struct UpstreamSection {
     pub response_timeout: HumanDuration,
     #[serde(default)]
     pub preserve_host: bool,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 fn default_connect_timeout() -> HumanDuration {

@@ -88,6 +88,8 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Send the client's Host instead of the upstream's.
     pub preserve_host: bool,
+    /// How an `https://` upstream's certificate is verified (system roots or `ca_file`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// `[identity]`, validated: the headers that tell the upstream who the caller is.

@@ -152,7 +152,7 @@ impl<'de> Deserialize<'de> for Cidr {
 /// The upstream's scheme and authority; requests keep their own path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
-    /// `http` (https upstreams arrive with TLS support).
+    /// `http` or `https`.
     pub scheme: http::uri::Scheme,
     /// `host:port` as written.
     pub authority: http::uri::Authority,
@@ -167,8 +167,8 @@ impl FromStr for UpstreamUrl {
         };
         let uri: http::Uri = text.parse().map_err(|_| expected("not a URL"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| expected("no scheme"))?;
-        if scheme != http::uri::Scheme::HTTP {
-            return Err(expected("only http:// upstreams are supported for now"));
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(expected("the scheme must be http or https"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| expected("no host"))?;
         if authority.as_str().contains('@') {
@@ -471,6 +471,7 @@ mod tests {
         assert!("http://127.0.0.1:3000/".parse::<UpstreamUrl>().is_ok());
         assert!("127.0.0.1:3000".parse::<UpstreamUrl>().is_err());
         assert!("http://127.0.0.1:3000/app".parse::<UpstreamUrl>().is_err());
+        assert!("https://example.com".parse::<UpstreamUrl>().is_ok());
         assert!("ftp://x".parse::<UpstreamUrl>().is_err());
     }
 }

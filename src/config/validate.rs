@@ -50,6 +50,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let tokens = tokens(&ctx, &file)?;
     let routes = routes(&ctx, &file, &users, &tokens)?;
     session(&ctx, &file)?;
+    let upstream_tls = upstream_tls(&ctx, &file)?;
     if !file.routes.iter().any(|r| r.path.get_ref().as_str() == "/") {
         warnings.push("no route for \"/\": requests outside the listed routes get 403 (no_route)".to_string());
     }
@@ -66,6 +67,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
             connect_timeout: file.upstream.connect_timeout.0,
             response_timeout: file.upstream.response_timeout.0,
             preserve_host: file.upstream.preserve_host,
+            tls: upstream_tls,
         },
         identity: IdentityConfig {
             user_header: file.identity.user_header.0,
@@ -155,6 +157,22 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
         workers: s.workers,
         shutdown_grace: s.shutdown_grace.0,
     })
+}
+
+/// The certificate verification for an `https://` upstream: `ca_file` when set, else the
+/// system's roots.
+fn upstream_tls(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+    let upstream = &file.upstream;
+    if upstream.url.scheme != http::uri::Scheme::HTTPS {
+        if let Some(ca) = &upstream.ca_file {
+            return Err(ctx.err(Some(ca.span()), "upstream.ca_file", "ca_file only applies to an https:// upstream"));
+        }
+        return Ok(None);
+    }
+    let ca_file = upstream.ca_file.as_ref().map(|ca| (ctx.resolve(ca.get_ref()), ca.span()));
+    crate::tls::client_config(ca_file.as_ref().map(|(path, _)| path.as_path()))
+        .map(Some)
+        .map_err(|m| ctx.err(ca_file.map(|(_, span)| span), "upstream.ca_file", m))
 }
 
 /// `[session]` and `[login]`: cookie attributes, timeouts, store and redirects.

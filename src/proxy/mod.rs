@@ -9,6 +9,7 @@ use std::error::Error as StdError;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,7 +20,7 @@ use crate::response::Body;
 
 /// The upstream and a pooled connection client for it.
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     config: UpstreamConfig,
 }
 
@@ -29,7 +30,18 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // The TLS layer below handles https://; plain http:// passes through it untouched.
+        connector.enforce_http(false);
+        let tls = config
+            .tls
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| rustls::ClientConfig::clone(&crate::tls::plain_only()));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(256)
