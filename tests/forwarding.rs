@@ -518,3 +518,45 @@ async fn methods_bodies_and_response_headers_pass_through() {
     assert_eq!(response.text(), "upstream ok");
     assert!(response.header("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_are_not_passed_back() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let response = proxy.get("/public/hop-response", &[]).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "hop");
+    for name in [
+        "keep-alive",
+        "x-upstream-hop",
+        "proxy-authenticate",
+        "trailer",
+        "upgrade",
+    ] {
+        assert_eq!(
+            response.header(name),
+            None,
+            "{name} came back: {:?}",
+            response.headers
+        );
+    }
+    if let Some(connection) = response.header("connection") {
+        assert!(
+            !connection.to_ascii_lowercase().contains("x-upstream-hop"),
+            "{connection}"
+        );
+    }
+    // End-to-end headers pass; the request id is the proxy's, the one the upstream was given.
+    assert_eq!(response.header("x-end-to-end").as_deref(), Some("kept"));
+    assert_eq!(
+        response.header("set-cookie").as_deref(),
+        Some("up=1; Path=/")
+    );
+    let id = response.request_id();
+    assert_ne!(id, "upstream-chosen-id");
+    assert_eq!(
+        upstream.only("/public/hop-response").header("x-request-id"),
+        Some(id.clone())
+    );
+    assert_eq!(proxy.access_for(&id).await["upstream_status"], 200);
+}

@@ -80,6 +80,7 @@ impl PasswordVerifier {
     ) -> Result<Arc<User>, Refusal> {
         let Some(record) = users.get(user) else {
             self.hash_check(self.dummy.clone(), password).await?;
+            // The name is not logged: people type passwords into the user field.
             return Err(Denial::of(Scheme::Basic, DenyReason::UnknownUser, "no such user").into());
         };
         // The tag binds the stored hash: after a reload that changes the password, the old
@@ -91,7 +92,12 @@ impl PasswordVerifier {
         if self.shared_check(tag, &record.hash, password).await? {
             Ok(record.clone())
         } else {
-            Err(Denial::of(Scheme::Basic, DenyReason::BadPassword, "wrong password").into())
+            Err(Denial::of(
+                Scheme::Basic,
+                DenyReason::BadPassword,
+                format!("wrong password for user {:?}", record.name),
+            )
+            .into())
         }
     }
 

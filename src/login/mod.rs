@@ -132,7 +132,9 @@ impl Endpoints<'_> {
                         scheme: Some(Scheme::Session),
                         ..denial
                     })),
-                    user: Some(form.username),
+                    // Only a configured name is logged: an unknown "user name" may well be a
+                    // password typed into the wrong field.
+                    user: self.auth.config.users.contains(&form.username).then_some(form.username),
                 });
             }
             Err(failure) => return Err(failure),

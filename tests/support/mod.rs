@@ -243,6 +243,7 @@ type UpBody = BoxBody<Bytes, Infallible>;
 /// - `big`: streams [`BIG_LEN`] deterministic bytes ([`big_body`]) in 64 KiB chunks,
 /// - `echo-body`: reads the whole request body and answers `LEN SHA256HEX`,
 /// - `slow`: waits 3 s, then answers `slow ok`,
+/// - `hop-response`: answers with hop-by-hop headers, its own `X-Request-Id` and a cookie,
 /// - `ws`: accepts a WebSocket upgrade and echoes text and binary messages,
 /// - `gated`: sends `first-part\n`, then waits for [`Upstream::open_gate`] before
 ///   `second-part\n` (to show responses are streamed, not buffered),
@@ -445,6 +446,25 @@ async fn upstream_handle(
                 }
             });
             Ok(Response::new(BodyExt::boxed(StreamBody::new(parts))))
+        }
+        "hop-response" => {
+            recorder.lock().unwrap().push(record);
+            let mut response = text(StatusCode::OK, "hop".to_string());
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("connection", "X-Upstream-Hop"),
+                ("keep-alive", "timeout=5"),
+                ("x-upstream-hop", "secret"),
+                ("proxy-authenticate", "Basic realm=\"upstream\""),
+                ("trailer", "X-Checksum"),
+                ("upgrade", "h2c"),
+                ("x-request-id", "upstream-chosen-id"),
+                ("set-cookie", "up=1; Path=/"),
+                ("x-end-to-end", "kept"),
+            ] {
+                headers.append(name, HeaderValue::from_static(value));
+            }
+            Ok(response)
         }
         "slow" => {
             recorder.lock().unwrap().push(record);

@@ -1,0 +1,724 @@
+//! Issue 4, Redis store: two proxy instances sharing sessions through one real `redis-server`,
+//! hashed keys with a TTL of the remaining absolute lifetime plus the grace, and Redis killed
+//! mid-test (session routes fail closed with 503 while Basic keeps working) and restarted
+//! (session routes recover).
+//!
+//! Each test starts its own `redis-server` on a free loopback port. When `redis-server` is not
+//! installed the tests fail if `CI` is set (so a CI run can never pass them silently) and are
+//! skipped with a message otherwise (`apt-get install redis-server`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A real `redis-server` child, a tiny RESP client, and proxy configs using Redis.
+mod common {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::support::*;
+
+    /// The default cookie name.
+    pub const COOKIE: &str = "portcullis_session";
+
+    /// Whether `redis-server` can be run. Panics when it cannot and `CI` is set.
+    pub fn redis_installed() -> bool {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed, and CI is set: the Redis session tests must run in CI \
+                 (.ci/run installs it with need_apt redis-server:redis-server)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install -y redis-server)");
+        }
+        found
+    }
+
+    /// A free loopback port: bound, read, released.
+    pub fn free_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().unwrap().port()
+    }
+
+    /// A `redis-server` child on a loopback port, killed when dropped.
+    pub struct Redis {
+        /// Its port.
+        pub port: u16,
+        child: Option<Child>,
+    }
+
+    impl Redis {
+        /// Starts Redis on a free port.
+        pub fn start() -> Redis {
+            Redis::start_on(free_port())
+        }
+
+        /// Starts Redis on `port`.
+        pub fn start_on(port: u16) -> Redis {
+            let mut redis = Redis { port, child: None };
+            redis.restart();
+            redis
+        }
+
+        /// `redis://127.0.0.1:PORT/0`
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
+
+        /// Starts (again) on the same port, without persistence, and waits until PING answers.
+        pub fn restart(&mut self) {
+            assert!(self.child.is_none(), "already running");
+            let child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            self.child = Some(child);
+            let start = Instant::now();
+            loop {
+                if let Ok(reply) = try_command(self.port, &["PING"]) {
+                    assert_eq!(reply, Reply::Simple("PONG".into()));
+                    return;
+                }
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!(
+                        "redis-server exited ({status}) before answering PING on port {}",
+                        self.port
+                    );
+                }
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "redis-server did not answer PING in time"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// Kills Redis (SIGKILL) and waits until its port refuses connections.
+        pub fn kill(&mut self) {
+            let mut child = self.child.take().expect("running");
+            child.kill().expect("kill redis-server");
+            child.wait().unwrap();
+            let start = Instant::now();
+            while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "Redis port still open after kill"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// Runs one command and returns the reply (panics on a connection error).
+        pub fn command(&self, args: &[&str]) -> Reply {
+            try_command(self.port, args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+        }
+
+        /// Every key matching `pattern`.
+        pub fn keys(&self, pattern: &str) -> Vec<String> {
+            match self.command(&["KEYS", pattern]) {
+                Reply::Array(items) => items.into_iter().map(|r| r.text()).collect(),
+                other => panic!("KEYS: {other:?}"),
+            }
+        }
+
+        /// `HGETALL key` as (field, value) pairs.
+        pub fn hgetall(&self, key: &str) -> Vec<(String, String)> {
+            match self.command(&["HGETALL", key]) {
+                Reply::Array(items) => items
+                    .chunks(2)
+                    .map(|pair| (pair[0].clone().text(), pair[1].clone().text()))
+                    .collect(),
+                other => panic!("HGETALL: {other:?}"),
+            }
+        }
+
+        /// An integer reply (`TTL`, `PTTL`, `EXISTS`…).
+        pub fn int(&self, args: &[&str]) -> i64 {
+            match self.command(args) {
+                Reply::Int(n) => n,
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// A RESP reply.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Reply {
+        /// `+OK`
+        Simple(String),
+        /// `-ERR …`
+        Error(String),
+        /// `:1`
+        Int(i64),
+        /// `$n …` (None for `$-1`)
+        Bulk(Option<String>),
+        /// `*n …`
+        Array(Vec<Reply>),
+    }
+
+    impl Reply {
+        /// The text of a simple or bulk reply.
+        pub fn text(self) -> String {
+            match self {
+                Reply::Simple(s) | Reply::Bulk(Some(s)) => s,
+                other => panic!("not text: {other:?}"),
+            }
+        }
+    }
+
+    /// One command over a fresh connection, in RESP.
+    pub fn try_command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(out.as_bytes())?;
+        read_reply(&mut BufReader::new(stream))
+    }
+
+    fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at(1);
+        let number = || rest.parse::<i64>().expect("RESP length");
+        Ok(match kind {
+            "+" => Reply::Simple(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(number()),
+            "$" if number() < 0 => Reply::Bulk(None),
+            "$" => {
+                let mut data = vec![0u8; number() as usize + 2];
+                reader.read_exact(&mut data)?;
+                data.truncate(data.len() - 2);
+                Reply::Bulk(Some(String::from_utf8(data).expect("UTF-8 bulk")))
+            }
+            "*" if number() < 0 => Reply::Array(Vec::new()),
+            "*" => {
+                let mut items = Vec::new();
+                for _ in 0..number() {
+                    items.push(read_reply(reader)?);
+                }
+                Reply::Array(items)
+            }
+            other => panic!("unexpected RESP type {other:?} in {line:?}"),
+        })
+    }
+
+    /// Routes: `/` session or Basic, `/app` session only, `/basic` Basic only, `/public`.
+    pub const ROUTES: &str = r#"
+[[route]]
+path = "/"
+auth = ["session", "basic"]
+realm = "Main"
+
+[[route]]
+path = "/app"
+auth = ["session"]
+realm = "App"
+
+[[route]]
+path = "/basic"
+auth = ["basic"]
+realm = "Basic only"
+
+[[route]]
+path = "/public"
+auth = []
+"#;
+
+    /// A proxy on Redis at `url` with these timeouts.
+    pub async fn start(upstream: &Upstream, url: &str, idle: &str, absolute: &str) -> Proxy {
+        let body = format!(
+            "{}\n[session]\nstore = \"redis\"\nredis_url = \"{url}\"\ncookie_secure = false\n\
+             idle_timeout = \"{idle}\"\nabsolute_timeout = \"{absolute}\"\n{ROUTES}",
+            principals()
+        );
+        Proxy::start(upstream, &body).await
+    }
+
+    /// POSTs the login form for alice with a same-origin Origin.
+    pub async fn post_login(proxy: &Proxy) -> Resp {
+        let origin = format!("http://{}", proxy.addr);
+        let body = format!(
+            "username=alice&password={}&next=%2F",
+            form_urlencoded::byte_serialize(ALICE_PW.as_bytes()).collect::<String>()
+        );
+        proxy
+            .send(
+                "POST",
+                "/.portcullis/login",
+                &[
+                    ("origin", &origin),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                body,
+            )
+            .await
+    }
+
+    /// Logs alice in and returns the session id.
+    pub async fn login(proxy: &Proxy) -> String {
+        let response = post_login(proxy).await;
+        assert_eq!(response.status, 303, "login: {}", response.text());
+        session_id(&response)
+    }
+
+    /// The session id a response sets.
+    pub fn session_id(response: &Resp) -> String {
+        let cookies: Vec<String> = response
+            .header_all("set-cookie")
+            .into_iter()
+            .filter(|c| c.starts_with(&format!("{COOKIE}=")))
+            .collect();
+        assert_eq!(cookies.len(), 1, "{response:?}");
+        let id = cookies[0][COOKIE.len() + 1..]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(id.len(), 43, "{cookies:?}");
+        id
+    }
+
+    /// `portcullis_session=<id>`.
+    pub fn cookie(id: &str) -> String {
+        format!("{COOKIE}={id}")
+    }
+
+    /// The Redis key of a session id: the prefix and the hex SHA-256 of the id.
+    pub fn redis_key(id: &str) -> String {
+        format!("portcullis:session:{}", sha256_hex(id.as_bytes()))
+    }
+
+    /// Unix milliseconds now.
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+}
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_sessions() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let a = start(&upstream, &redis.url(), "2s", "1h").await;
+    let b = start(&upstream, &redis.url(), "2s", "1h").await;
+
+    // A login on A is valid on B.
+    let id = login(&a).await;
+    let c = cookie(&id);
+    let response = b.get("/app/on-b", &[("cookie", &c)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.only("/app/on-b");
+    assert_eq!(seen.header("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("x-forwarded-auth-method").as_deref(),
+        Some("session")
+    );
+    assert_eq!(
+        seen.header("cookie"),
+        None,
+        "the session cookie is stripped on B too"
+    );
+    let who = b.get("/.portcullis/whoami", &[("cookie", &c)]).await;
+    assert_eq!(who.status, 200, "{}", who.text());
+    assert_eq!(who.json()["user"], "alice");
+
+    // Activity on either instance keeps the session alive for both: requests alternate
+    // between A and B every 400 ms for 3.2 s, well past the 2 s idle timeout of each.
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(3200) {
+        let proxy = if n % 2 == 0 { &a } else { &b };
+        let response = proxy.get("/app/tick", &[("cookie", &c)]).await;
+        assert_eq!(
+            response.status,
+            200,
+            "request {n} at {:?}: {}",
+            started.elapsed(),
+            response.text()
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    // A logout on B is refused on A.
+    let origin = format!("http://{}", b.addr);
+    let response = b
+        .send(
+            "POST",
+            "/.portcullis/logout",
+            &[("origin", &origin), ("cookie", &c)],
+            "",
+        )
+        .await;
+    assert_eq!(response.status, 303, "{}", response.text());
+    let response = a.get("/app/after-logout", &[("cookie", &c)]).await;
+    assert_eq!(response.status, 401, "{}", response.text());
+    let event = a.access_of(&response).await;
+    assert_eq!(event["reason"], "session_unknown", "{event}");
+    assert_eq!(event["decision"], "deny", "{event}");
+    assert_eq!(
+        redis.int(&["EXISTS", &redis_key(&id)]),
+        0,
+        "the key is gone"
+    );
+
+    // An idle end seen by one instance is seen by the other.
+    let id = login(&b).await;
+    let c = cookie(&id);
+    assert_eq!(a.get("/app/x", &[("cookie", &c)]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let response = a
+        .get("/app/x", &[("cookie", &c), ("accept", "text/html")])
+        .await;
+    assert_eq!(response.status, 302);
+    assert_eq!(
+        a.access_of(&response).await["reason"],
+        "session_idle_timeout"
+    );
+    let response = b.get("/app/x", &[("cookie", &c)]).await;
+    assert_eq!(
+        response.status, 401,
+        "an ended session is not revived on the other instance"
+    );
+
+    for proxy in [&a, &b] {
+        assert!(!proxy.all_output().contains(&id), "session id in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_the_hash_of_the_id_and_expire_with_the_absolute_lifetime() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let proxy = start(&upstream, &redis.url(), "2s", "1h").await;
+
+    let before = now_ms();
+    let id = login(&proxy).await;
+    let after = now_ms();
+    let key = redis_key(&id);
+    assert_eq!(
+        redis.keys("*"),
+        vec![key.clone()],
+        "one key, named by the SHA-256 of the id"
+    );
+    assert!(!key.contains(&id));
+
+    // TTL: the remaining absolute lifetime (1 h) plus the 60 s grace.
+    let ttl = redis.int(&["TTL", &key]);
+    assert!((3655..=3660).contains(&ttl), "TTL {ttl}");
+    let expire_at = redis.int(&["PEXPIRETIME", &key]);
+    if expire_at > 0 {
+        // Redis 7+: the exact absolute expiry.
+        let lo = before as i64 + 3_660_000;
+        let hi = after as i64 + 3_660_000;
+        assert!(
+            (lo..=hi).contains(&expire_at),
+            "PEXPIRETIME {expire_at} not in {lo}..={hi}"
+        );
+    }
+
+    // The record: user, created, last seen. The id itself is stored nowhere.
+    let fields = redis.hgetall(&key);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("field {name} in {fields:?}"))
+    };
+    assert_eq!(field("u"), "alice");
+    let created: u64 = field("c").parse().unwrap();
+    assert!((before..=after).contains(&created), "{fields:?}");
+    let seen: u64 = field("s").parse().unwrap();
+    assert_eq!(seen, created);
+    for (f, v) in &fields {
+        assert!(
+            !f.contains(&id) && !v.contains(&id),
+            "the id is stored: {fields:?}"
+        );
+    }
+
+    // Activity moves `s` (the idle deadline) but never the expiry (the absolute deadline).
+    let pttl_before = redis.int(&["PTTL", &key]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let response = proxy.get("/app/x", &[("cookie", &cookie(&id))]).await;
+    assert_eq!(response.status, 200);
+    let touched: u64 = redis
+        .hgetall(&key)
+        .into_iter()
+        .find(|(f, _)| f == "s")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert!(
+        touched >= created + 400,
+        "last seen moved: {created} -> {touched}"
+    );
+    let pttl_after = redis.int(&["PTTL", &key]);
+    assert!(
+        pttl_after <= pttl_before - 300,
+        "the key's expiry did not move: {pttl_before} then {pttl_after}"
+    );
+
+    // A short absolute lifetime: the TTL follows it.
+    let proxy = start(&upstream, &redis.url(), "2s", "3s").await;
+    let id = login(&proxy).await;
+    let ttl = redis.int(&["TTL", &redis_key(&id)]);
+    assert!((61..=63).contains(&ttl), "3 s + 60 s grace: TTL {ttl}");
+    // After the absolute end (but within the grace) the reason is still specific.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let response = proxy.get("/app/late", &[("cookie", &cookie(&id))]).await;
+    assert_eq!(response.status, 401);
+    let event = proxy.access_of(&response).await;
+    assert!(
+        event["reason"] == "session_absolute_timeout" || event["reason"] == "session_idle_timeout",
+        "an ended session is told why: {event}"
+    );
+
+    // Logout deletes the key.
+    let id = login(&proxy).await;
+    let key = redis_key(&id);
+    assert_eq!(redis.int(&["EXISTS", &key]), 1);
+    let origin = format!("http://{}", proxy.addr);
+    let response = proxy
+        .send(
+            "POST",
+            "/.portcullis/logout",
+            &[("origin", &origin), ("cookie", &cookie(&id))],
+            "",
+        )
+        .await;
+    assert_eq!(response.status, 303);
+    assert_eq!(redis.int(&["EXISTS", &key]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_session_routes_closed_and_they_recover_when_it_returns() {
+    if !redis_installed() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let proxy = start(&upstream, &redis.url(), "10m", "1h").await;
+    let id = login(&proxy).await;
+    let c = cookie(&id);
+    assert_eq!(proxy.get("/app/up", &[("cookie", &c)]).await.status, 200);
+    let alice = basic("alice", ALICE_PW);
+
+    redis.kill();
+
+    // Session routes fail closed with 503 store_unavailable, without a long hang.
+    let started = Instant::now();
+    let response = proxy.get("/app/down", &[("cookie", &c)]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let event = assert_proxy_made(&proxy, &response, 503, "error", "store_unavailable").await;
+    assert_eq!(event["route"], "/app");
+    // A browser is told the service is unavailable: no redirect, and its cookie is kept.
+    let response = proxy
+        .get("/app/down", &[("cookie", &c), ("accept", "text/html")])
+        .await;
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(response.header("location"), None);
+    assert!(
+        response.header_all("set-cookie").is_empty(),
+        "the cookie is not cleared: {response:?}"
+    );
+    assert_eq!(
+        proxy.access_of(&response).await["reason"],
+        "store_unavailable"
+    );
+    // A cookie on the session-or-Basic route also fails closed, even with Basic alongside.
+    let response = proxy
+        .get("/mixed", &[("cookie", &c), ("authorization", &alice)])
+        .await;
+    assert_eq!(response.status, 503);
+    // A new login cannot be stored.
+    let response = post_login(&proxy).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert!(response.header_all("set-cookie").is_empty());
+    assert_eq!(
+        proxy.access_of(&response).await["reason"],
+        "store_unavailable"
+    );
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.path != "/app/down" && r.path != "/mixed"),
+        "nothing was forwarded while the store was down"
+    );
+
+    // Basic keeps working: a Basic-only route, and Basic (not from a browser) on the mixed one.
+    let response = proxy.get("/basic/ok", &[("authorization", &alice)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream
+            .only("/basic/ok")
+            .header("x-forwarded-user")
+            .as_deref(),
+        Some("alice")
+    );
+    let response = proxy.get("/api-call", &[("authorization", &alice)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let response = proxy.get("/public/ok", &[]).await;
+    assert_eq!(response.status, 200);
+
+    // Redis comes back on the same port (empty: it kept nothing): a new login works within
+    // the deadline, and its session admits.
+    redis.restart();
+    let started = Instant::now();
+    let id = loop {
+        let response = post_login(&proxy).await;
+        if response.status == 303 {
+            break session_id(&response);
+        }
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no successful login {DEADLINE:?} after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let response = proxy.get("/app/back", &[("cookie", &cookie(&id))]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(redis.keys("*"), vec![redis_key(&id)]);
+    // The session from before the restart is gone with the data: unknown, not an error.
+    let response = proxy.get("/app/old", &[("cookie", &c)]).await;
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        proxy.access_of(&response).await["reason"],
+        "session_unknown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_before_redis_connects_once_it_is_up() {
+    if !redis_installed() {
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let proxy = start(
+        &upstream,
+        &format!("redis://127.0.0.1:{port}/0"),
+        "10m",
+        "1h",
+    )
+    .await;
+    // Redis is not there yet: session routes fail closed, Basic works.
+    let response = post_login(&proxy).await;
+    assert_eq!(response.status, 503, "{}", response.text());
+    let response = proxy
+        .get("/app/x", &[("cookie", &cookie(&"A".repeat(43)))])
+        .await;
+    assert_eq!(response.status, 503);
+    let response = proxy
+        .get("/basic/x", &[("authorization", &basic("alice", ALICE_PW))])
+        .await;
+    assert_eq!(response.status, 200);
+
+    // Now Redis starts on that port.
+    let _redis = Redis::start_on(port);
+    let started = Instant::now();
+    loop {
+        let response = post_login(&proxy).await;
+        if response.status == 303 {
+            let id = session_id(&response);
+            assert_eq!(
+                proxy
+                    .get("/app/y", &[("cookie", &cookie(&id))])
+                    .await
+                    .status,
+                200
+            );
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "no login after Redis started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SPEC §4: "session store unreachable (route needs a session) → 503; Basic and Bearer routes
+/// keep working". On a route that accepts `["session", "basic"]`, valid Basic credentials from
+/// a browser navigation are answered 503 while Redis is down, because the proxy insists on
+/// starting a browser session for them (app.rs `start_browser_session`), although the route
+/// does not need one and the same credentials from a non-browser client pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a browser's valid Basic login on a session+basic route gets 503 while Redis is down (start_browser_session fails closed; src/app.rs)"]
+async fn a_browser_basic_login_on_a_mixed_route_still_works_while_redis_is_down() {
+    if !redis_installed() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let proxy = start(&upstream, &redis.url(), "10m", "1h").await;
+    redis.kill();
+    let response = proxy
+        .get(
+            "/page",
+            &[
+                ("authorization", &basic("alice", ALICE_PW)),
+                ("accept", "text/html"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream
+            .only("/page")
+            .header("x-forwarded-auth-method")
+            .as_deref(),
+        Some("basic")
+    );
+}
