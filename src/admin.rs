@@ -18,7 +18,9 @@ use crate::app::App;
 /// Serves the admin endpoints on `listener` until the process ends.
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| answer(app.clone(), request));
@@ -29,9 +31,15 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-async fn answer(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    app: Arc<App>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".to_string()));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_string(),
+        ));
     }
     let response = match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
@@ -40,14 +48,19 @@ async fn answer(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
             if problems.is_empty() {
                 text(StatusCode::OK, "ready\n".to_string())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", problems.join("; ")),
+                )
             }
         }
         "/metrics" => {
             let mut response = text(StatusCode::OK, app.render_metrics());
             response.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         }
@@ -59,9 +72,12 @@ async fn answer(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -15,19 +15,18 @@ use hyper::body::Incoming;
 use rand::Rng;
 
 use crate::auth::{self, AuthContext, Identity, PasswordVerifier};
-use crate::ratelimit::FailureLimiter;
 use crate::config::types::canonical_ip;
 use crate::config::{Config, Route, Scheme};
+use crate::error::{Denial, DenyReason, FailReason, Refusal};
 use crate::login::{self, EndedNotice};
-use crate::session::Sessions;
-use crate::error::{DenyReason, Denial, FailReason, Refusal};
-use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
 use crate::policy::{self, Target, RESERVED_PREFIX};
 use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
+use crate::ratelimit::FailureLimiter;
 use crate::response::{self, Body, Format, RefusalContext};
+use crate::session::Sessions;
 use crate::telemetry::access::AccessRecord;
-
+use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
 
 /// A configuration with everything built from it; swapped whole on reload.
 pub struct Runtime {
@@ -105,7 +104,9 @@ impl App {
     /// Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
         if let Some(live) = self.sessions.store().memory_len() {
-            self.metrics.live_sessions.set(i64::try_from(live).unwrap_or(i64::MAX));
+            self.metrics
+                .live_sessions
+                .set(i64::try_from(live).unwrap_or(i64::MAX));
         }
         self.metrics.render()
     }
@@ -115,9 +116,21 @@ impl App {
     pub async fn readiness_problems(&self) -> Vec<String> {
         let runtime = self.runtime();
         let mut problems = Vec::new();
-        let uses_sessions = runtime.config.routes.iter().any(|r| r.accepts(Scheme::Session));
+        let uses_sessions = runtime
+            .config
+            .routes
+            .iter()
+            .any(|r| r.accepts(Scheme::Session));
         if uses_sessions && !self.sessions.store().ready().await {
             problems.push("session store unreachable".to_string());
+        }
+        if runtime
+            .config
+            .jwt
+            .as_ref()
+            .is_some_and(|jwt| !jwt.is_ready())
+        {
+            problems.push("JWT key set not loaded yet".to_string());
         }
         problems
     }
@@ -130,7 +143,10 @@ impl App {
             tracing::info!(change = %change, "config change");
         }
         self.runtime.store(Arc::new(Runtime::new(config)));
-        self.metrics.reloads.get_or_create(&OutcomeLabels { outcome: "success" }).inc();
+        self.metrics
+            .reloads
+            .get_or_create(&OutcomeLabels { outcome: "success" })
+            .inc();
         tracing::info!("configuration reloaded");
     }
 
@@ -152,7 +168,11 @@ impl App {
     ) -> Result<Response<Body>, Infallible> {
         let runtime = self.runtime.load_full();
         let config = &runtime.config;
-        let (client, peer_trusted) = client_ip(conn.peer.ip(), request.headers(), &config.server.trusted_proxies);
+        let (client, peer_trusted) = client_ip(
+            conn.peer.ip(),
+            request.headers(),
+            &config.server.trusted_proxies,
+        );
         let request_id = request_id(request.headers(), peer_trusted);
         let mut exchange = Exchange {
             record: AccessRecord {
@@ -204,7 +224,12 @@ impl App {
     /// The response for a refusal: a redirect to the login form for a person whose session is
     /// missing or over, else the status, challenges and body of SPEC §4. A session cookie that
     /// no longer works is cleared so a stale cookie never keeps a browser stuck.
-    fn refuse(&self, config: &Config, refusal: &Refusal, exchange: &mut Exchange) -> Response<Body> {
+    fn refuse(
+        &self,
+        config: &Config,
+        refusal: &Refusal,
+        exchange: &mut Exchange,
+    ) -> Response<Body> {
         let session_reason = match refusal {
             Refusal::Deny(d) => match d.reason {
                 DenyReason::SessionUnknown => Some(None),
@@ -220,10 +245,16 @@ impl App {
                 exchange.set_cookie = Some(self.sessions.clear_cookie());
             }
         }
-        let accepts_session = exchange.route.as_ref().is_some_and(|r| r.accepts(Scheme::Session));
-        if let (Some(ended), true, true, true) =
-            (session_reason, accepts_session, exchange.navigation, config.login.enabled)
-        {
+        let accepts_session = exchange
+            .route
+            .as_ref()
+            .is_some_and(|r| r.accepts(Scheme::Session));
+        if let (Some(ended), true, true, true) = (
+            session_reason,
+            accepts_session,
+            exchange.navigation,
+            config.login.enabled,
+        ) {
             return login::redirect(StatusCode::FOUND, &login::login_url(&exchange.next, ended));
         }
         let ctx = RefusalContext {
@@ -246,8 +277,24 @@ impl App {
         let uri = request.uri();
         exchange.record.set_path(uri.path());
         // HTTP/1 requests must be in origin form; HTTP/2 always carries scheme and authority.
-        if request.version() < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
-            return Err(Denial::new(DenyReason::AmbiguousPath, "request target is not in origin form").into());
+        if request.version() < Version::HTTP_2
+            && (uri.scheme().is_some() || uri.authority().is_some())
+        {
+            return Err(Denial::new(
+                DenyReason::AmbiguousPath,
+                "request target is not in origin form",
+            )
+            .into());
+        }
+        // Two Host headers let the proxy and the upstream each believe a different one.
+        if request
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(Denial::new(DenyReason::AmbiguousPath, "more than one Host header").into());
         }
         let (normalized, target) = policy::resolve(&config.routes, uri.path())?;
         exchange.record.set_path(normalized.forward());
@@ -256,7 +303,11 @@ impl App {
             None => normalized.forward().to_string(),
         };
         let route = match target {
-            Target::Reserved => return self.reserved(config, normalized.for_matching(), request, exchange).await,
+            Target::Reserved => {
+                return self
+                    .reserved(config, normalized.for_matching(), request, exchange)
+                    .await
+            }
             Target::NoRoute => return Err(policy::no_route().into()),
             Target::Route(route) => route.clone(),
         };
@@ -284,12 +335,19 @@ impl App {
         }
         policy::authorize(&route, identity.as_ref(), request.method())?;
         if let Some(identity) = &identity {
-            self.start_browser_session(&route, identity, exchange).await?;
+            self.start_browser_session(&route, identity, exchange).await;
         }
 
         let path_and_query = upstream_target(normalized.forward(), request.uri().query())?;
         let response = self
-            .forward(runtime, request, path_and_query, ctx, identity.as_ref(), &exchange.request_id)
+            .forward(
+                runtime,
+                request,
+                path_and_query,
+                ctx,
+                identity.as_ref(),
+                &exchange.request_id,
+            )
             .await?;
         exchange.record.upstream_status = Some(response.status().as_u16());
         Ok(response)
@@ -305,20 +363,37 @@ impl App {
         if let Some(scheme) = scheme {
             self.metrics
                 .auth_seconds
-                .get_or_create(&SchemeLabels { scheme: scheme.as_str() })
+                .get_or_create(&SchemeLabels {
+                    scheme: scheme.as_str(),
+                })
                 .observe(started.elapsed().as_secs_f64());
         }
     }
 
     /// A Basic login from a browser also gets a session, so the session's idle and absolute
     /// timeouts apply to it (SPEC §3).
-    async fn start_browser_session(&self, route: &Route, identity: &Identity, exchange: &mut Exchange) -> Result<(), Refusal> {
-        if identity.method != Scheme::Basic || !exchange.navigation || !route.accepts(Scheme::Session) {
-            return Ok(());
+    async fn start_browser_session(
+        &self,
+        route: &Route,
+        identity: &Identity,
+        exchange: &mut Exchange,
+    ) {
+        if identity.method != Scheme::Basic
+            || !exchange.navigation
+            || !route.accepts(Scheme::Session)
+        {
+            return;
         }
-        let id = self.sessions.create(identity.user()).await?;
-        exchange.set_cookie = Some(self.sessions.set_cookie(&id));
-        Ok(())
+        // The Basic credentials were good: a store outage costs the browser its session
+        // cookie, not this request (Basic keeps working without the store, SPEC §4).
+        match self.sessions.create(identity.user()).await {
+            Ok(id) => exchange.set_cookie = Some(self.sessions.set_cookie(&id)),
+            Err(err) => tracing::warn!(
+                request_id = %exchange.record.request_id,
+                error = %err.detail,
+                "no session for this Basic login: the session store is unavailable"
+            ),
+        }
     }
 
     /// `/.portcullis/…`: the proxy's own endpoints, never forwarded.
@@ -341,10 +416,13 @@ impl App {
                 client_ip: exchange.record.client_ip,
             },
         };
-        let outcome = endpoints
-            .serve(path, request)
-            .await
-            .unwrap_or_else(|| Err(Denial::new(DenyReason::NoRoute, "reserved /.portcullis/ path is not served").into()))?;
+        let outcome = endpoints.serve(path, request).await.unwrap_or_else(|| {
+            Err(Denial::new(
+                DenyReason::NoRoute,
+                "reserved /.portcullis/ path is not served",
+            )
+            .into())
+        })?;
         exchange.record.user = outcome.user;
         if exchange.record.user.is_some() {
             exchange.record.auth_method = Some(Scheme::Session.as_str());
@@ -385,13 +463,18 @@ impl App {
         self.sessions.strip_cookie(request.headers_mut());
         let started = Instant::now();
         let result = runtime.upstream.forward(request, path_and_query).await;
-        self.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_seconds
+            .observe(started.elapsed().as_secs_f64());
         if let Err(failure) = &result {
             let kind = match failure.reason {
                 FailReason::UpstreamTimeout => "timeout",
                 _ => "unreachable",
             };
-            self.metrics.upstream_errors.get_or_create(&ErrorKindLabels { kind }).inc();
+            self.metrics
+                .upstream_errors
+                .get_or_create(&ErrorKindLabels { kind })
+                .inc();
         }
         Ok(result?)
     }
@@ -411,14 +494,20 @@ fn upstream_target(path: &str, query: Option<&str>) -> Result<PathAndQuery, Deni
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
-    PathAndQuery::try_from(text)
-        .map_err(|_| Denial::new(DenyReason::AmbiguousPath, "normalised path is not a valid request target"))
+    PathAndQuery::try_from(text).map_err(|_| {
+        Denial::new(
+            DenyReason::AmbiguousPath,
+            "normalised path is not a valid request target",
+        )
+    })
 }
 
 /// The incoming `X-Request-Id` when a trusted proxy sent a well-formed one, else a new one.
 fn request_id(headers: &http::HeaderMap, peer_trusted: bool) -> HeaderValue {
     if peer_trusted {
-        let incoming = headers.get(response::REQUEST_ID).filter(|v| well_formed_id(v.as_bytes()));
+        let incoming = headers
+            .get(response::REQUEST_ID)
+            .filter(|v| well_formed_id(v.as_bytes()));
         if let Some(id) = incoming {
             return id.clone();
         }
@@ -448,7 +537,10 @@ mod tests {
 
     #[test]
     fn upstream_target_keeps_the_query() {
-        assert_eq!(upstream_target("/a/b", Some("x=1&y")).unwrap().as_str(), "/a/b?x=1&y");
+        assert_eq!(
+            upstream_target("/a/b", Some("x=1&y")).unwrap().as_str(),
+            "/a/b?x=1&y"
+        );
         assert_eq!(upstream_target("/a", None).unwrap().as_str(), "/a");
     }
 }

@@ -16,7 +16,12 @@ use crate::telemetry::{self, LogFormat};
 
 /// portcullis: an authenticating reverse proxy.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about, args_conflicts_with_subcommands = false)]
+#[command(
+    name = "portcullis",
+    version,
+    about,
+    args_conflicts_with_subcommands = false
+)]
 pub struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, value_name = "FILE")]
@@ -81,7 +86,12 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(path) => check(&path),
             Err(code) => code,
         },
-        Command::Explain { method, path, user, groups } => match require_config(cli.config.as_deref()) {
+        Command::Explain {
+            method,
+            path,
+            user,
+            groups,
+        } => match require_config(cli.config.as_deref()) {
             Ok(config) => explain(&config, &method, &path, user.as_deref(), groups),
             Err(code) => code,
         },
@@ -157,8 +167,16 @@ fn build_runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-fn serve_on(runtime: tokio::runtime::Runtime, config: Config, reload_from: Option<PathBuf>) -> ExitCode {
-    match runtime.block_on(crate::run(config, reload_from, crate::shutdown_signal())) {
+fn serve_on(
+    runtime: tokio::runtime::Runtime,
+    config: Config,
+    reload_from: Option<PathBuf>,
+) -> ExitCode {
+    let served = runtime.block_on(async {
+        let shutdown = crate::shutdown_signal()?;
+        crate::run(config, reload_from, shutdown).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "cannot start");
@@ -184,7 +202,12 @@ fn check(path: &Path) -> ExitCode {
 /// The effective configuration as `check` prints it: listeners, upstream, principals and the
 /// routes table in match order.
 pub fn describe(config: &Config) -> String {
-    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
+    let listen: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let mut out = format!(
         "listen:   {}\nupstream: {}\nusers:    {}\ntokens:   {}\n\nroutes (longest prefix wins):\n",
         listen.join(", "),
@@ -200,7 +223,7 @@ pub fn describe(config: &Config) -> String {
         "REALM".to_string(),
     ]];
     let mut routes: Vec<_> = config.routes.iter().collect();
-    routes.sort_by(|a, b| b.path.as_str().len().cmp(&a.path.as_str().len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.as_str().len()));
     rows.extend(routes.into_iter().map(|r| route_row(r)));
     let widths: Vec<usize> = (0..5)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
@@ -226,7 +249,12 @@ fn route_row(route: &Route) -> [String; 5] {
     let auth = if route.is_public() {
         "public".to_string()
     } else {
-        route.schemes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+        route
+            .schemes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let methods = route.methods.as_ref().map_or("any".to_string(), |m| {
         m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
@@ -246,11 +274,21 @@ fn route_row(route: &Route) -> [String; 5] {
         (false, true) => "any authenticated".to_string(),
         (false, false) => allow.join(" "),
     };
-    let realm = if route.is_public() { "-".to_string() } else { route.realm.clone() };
+    let realm = if route.is_public() {
+        "-".to_string()
+    } else {
+        route.realm.clone()
+    };
     [path, auth, methods, allow, realm]
 }
 
-fn explain(path: &Path, method: &str, target: &str, user: Option<&str>, groups: Option<Vec<String>>) -> ExitCode {
+fn explain(
+    path: &Path,
+    method: &str,
+    target: &str,
+    user: Option<&str>,
+    groups: Option<Vec<String>>,
+) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -259,7 +297,10 @@ fn explain(path: &Path, method: &str, target: &str, user: Option<&str>, groups: 
         eprintln!("error: {method:?} is not an HTTP method");
         return ExitCode::from(2);
     };
-    print!("{}", crate::explain::explain(&config, &method, target, user, groups));
+    print!(
+        "{}",
+        crate::explain::explain(&config, &method, target, user, groups)
+    );
     ExitCode::SUCCESS
 }
 

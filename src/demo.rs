@@ -15,7 +15,10 @@ use tokio::net::TcpListener;
 use crate::auth::password::PasswordHash;
 
 /// Demo credentials: (user, password, groups).
-pub const DEMO_USERS: [(&str, &str, &str); 2] = [("alice", "wonderland", "admins"), ("bob", "builder", "staff")];
+pub const DEMO_USERS: [(&str, &str, &str); 2] = [
+    ("alice", "wonderland", "admins"),
+    ("bob", "builder", "staff"),
+];
 /// The demo's static bearer token.
 pub const DEMO_TOKEN: &str = "demo-token-0123456789abcdef";
 
@@ -25,7 +28,9 @@ pub async fn start_site() -> std::io::Result<SocketAddr> {
     let address = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(site_page);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

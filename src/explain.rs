@@ -10,11 +10,17 @@ use http::Method;
 use crate::auth::jwt::JwtIdentity;
 use crate::auth::{Identity, Principal};
 use crate::config::{Config, Route, Scheme, User};
-use crate::error::{DenyReason, Denial};
+use crate::error::{Denial, DenyReason};
 use crate::policy::{self, Target};
 
 /// The report for `METHOD PATH` as `user` (with `groups`, if given).
-pub fn explain(config: &Config, method: &Method, target: &str, user: Option<&str>, groups: Option<Vec<String>>) -> String {
+pub fn explain(
+    config: &Config,
+    method: &Method,
+    target: &str,
+    user: Option<&str>,
+    groups: Option<Vec<String>>,
+) -> String {
     let mut out = String::new();
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let _ = writeln!(out, "request:     {method} {target}");
@@ -22,10 +28,18 @@ pub fn explain(config: &Config, method: &Method, target: &str, user: Option<&str
         Ok(resolved) => resolved,
         Err(denial) => return finish(out, Err(denial)),
     };
-    let _ = writeln!(out, "normalised:  {} (matched as {})", normalized.forward(), normalized.for_matching());
+    let _ = writeln!(
+        out,
+        "normalised:  {} (matched as {})",
+        normalized.forward(),
+        normalized.for_matching()
+    );
     let route = match target {
         Target::Reserved => {
-            let _ = writeln!(out, "route:       (the proxy's own /.portcullis/ endpoints)");
+            let _ = writeln!(
+                out,
+                "route:       (the proxy's own /.portcullis/ endpoints)"
+            );
             return out;
         }
         Target::NoRoute => return finish(out, Err(policy::no_route())),
@@ -33,16 +47,26 @@ pub fn explain(config: &Config, method: &Method, target: &str, user: Option<&str
     };
     let _ = writeln!(out, "route:       {}", route.path);
     let accepted: Vec<&str> = route.schemes.iter().map(|s| s.as_str()).collect();
-    let accepts = if route.is_public() { "public (no credentials)".to_string() } else { accepted.join(", ") };
+    let accepts = if route.is_public() {
+        "public (no credentials)".to_string()
+    } else {
+        accepted.join(", ")
+    };
     let _ = writeln!(out, "accepts:     {accepts}");
     if route.is_public() {
         return finish(out, policy::authorize(route, None, method));
     }
     let Some(user) = user else {
-        let _ = writeln!(out, "user:        (none given; pass --user NAME to decide for a caller)");
+        let _ = writeln!(
+            out,
+            "user:        (none given; pass --user NAME to decide for a caller)"
+        );
         return finish(
             out,
-            Err(Denial::new(DenyReason::MissingCredentials, "a request without credentials is refused")),
+            Err(Denial::new(
+                DenyReason::MissingCredentials,
+                "a request without credentials is refused",
+            )),
         );
     };
     let identity = match identity_for(config, route, user, groups) {
@@ -53,7 +77,11 @@ pub fn explain(config: &Config, method: &Method, target: &str, user: Option<&str
         out,
         "user:        {} (groups: {}) via {}",
         identity.user(),
-        if identity.groups().is_empty() { "none".to_string() } else { identity.groups().join(", ") },
+        if identity.groups().is_empty() {
+            "none".to_string()
+        } else {
+            identity.groups().join(", ")
+        },
         identity.method.as_str()
     );
     finish(out, policy::authorize(route, Some(&identity), method))
@@ -73,8 +101,19 @@ fn finish(mut out: String, decision: Result<(), Denial>) -> String {
 
 /// The identity a caller named `user` would have on `route`, authenticated with the first of
 /// the route's schemes that fits them (assuming their credential itself is valid).
-fn identity_for(config: &Config, route: &Route, user: &str, groups: Option<Vec<String>>) -> Result<Identity, Denial> {
-    let first = |candidates: &[Scheme]| route.schemes.iter().copied().find(|s| candidates.contains(s));
+fn identity_for(
+    config: &Config,
+    route: &Route,
+    user: &str,
+    groups: Option<Vec<String>>,
+) -> Result<Identity, Denial> {
+    let first = |candidates: &[Scheme]| {
+        route
+            .schemes
+            .iter()
+            .copied()
+            .find(|s| candidates.contains(s))
+    };
     if let Some(record) = config.users.get(user) {
         let method = first(&[Scheme::Session, Scheme::Basic]).ok_or_else(|| {
             Denial::new(
@@ -99,7 +138,10 @@ fn identity_for(config: &Config, route: &Route, user: &str, groups: Option<Vec<S
     let bearer = first(&[Scheme::Bearer]);
     if let Some(token) = config.tokens.iter().find(|t| t.name == user) {
         let method = bearer.ok_or_else(|| {
-            Denial::new(DenyReason::MissingCredentials, format!("{user:?} is a bearer token and the route does not accept bearer"))
+            Denial::new(
+                DenyReason::MissingCredentials,
+                format!("{user:?} is a bearer token and the route does not accept bearer"),
+            )
         })?;
         return Ok(Identity {
             principal: Principal::Token(token.clone()),

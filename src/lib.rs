@@ -31,6 +31,7 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use config::Config;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Binds the listeners and serves until `shutdown` resolves. With `reload_from`, SIGHUP
 /// re-reads that file and swaps the configuration in when it is valid.
@@ -49,6 +50,11 @@ pub async fn run(
         .filter_map(|l| l.local_addr().ok())
         .map(|a| a.to_string())
         .collect();
+    // Registered before "listening" is logged: from then on, SIGHUP means reload.
+    let hangups = match reload_from {
+        Some(path) => Some((signal(SignalKind::hangup())?, path)),
+        None => None,
+    };
     let settings = config.server.clone();
     let routes: Vec<String> = config.routes.iter().map(|r| r.path.to_string()).collect();
     tracing::info!(
@@ -65,8 +71,8 @@ pub async fn run(
         }
         tokio::spawn(admin::serve(app.clone(), listener));
     }
-    if let Some(path) = reload_from {
-        tokio::spawn(reload_on_sighup(app.clone(), path));
+    if let Some((hangups, path)) = hangups {
+        tokio::spawn(reload_on_sighup(app.clone(), hangups, path));
     }
     server::serve(app, listeners, &settings, shutdown).await;
     Ok(())
@@ -74,11 +80,7 @@ pub async fn run(
 
 /// SIGHUP: parse and validate the file again; a valid one replaces the running config, an
 /// invalid one is logged with its exact error and the old one keeps serving.
-async fn reload_on_sighup(app: std::sync::Arc<app::App>, path: PathBuf) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: reload disabled");
-        return;
-    };
+async fn reload_on_sighup(app: std::sync::Arc<app::App>, mut hangups: Signal, path: PathBuf) {
     while hangups.recv().await.is_some() {
         let loaded = {
             let path = path.clone();
@@ -98,18 +100,16 @@ async fn reload_on_sighup(app: std::sync::Arc<app::App>, path: PathBuf) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGTERM and SIGINT at once (so a signal that arrives while the proxy is still
+/// starting is not lost to the default action) and returns a future that resolves on either.
+/// Must be called inside the tokio runtime.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
 }

@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
 
 use crate::config::RateLimitSection;
-use crate::error::{DenyReason, Denial};
+use crate::error::{Denial, DenyReason};
 use crate::session::RedisStore;
 
 /// Most keys (IPs or user names) tracked per map: a flood of distinct keys costs at most
@@ -79,7 +79,11 @@ impl FailureLimiter {
         match remaining {
             Some(left) => {
                 let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                let who = if user.is_some() { "this client or user" } else { "this client" };
+                let who = if user.is_some() {
+                    "this client or user"
+                } else {
+                    "this client"
+                };
                 Err(Denial {
                     retry_after: Some(secs.max(1)),
                     ..Denial::new(
@@ -100,7 +104,9 @@ impl FailureLimiter {
         match &self.backend {
             Backend::Memory(m) => m.record(ip, user.map(user_key), self.lockout),
             Backend::Redis(r) => {
-                if let Err(err) = redis_record(r, ip, user, self.max_failures, self.window, self.lockout).await {
+                if let Err(err) =
+                    redis_record(r, ip, user, self.max_failures, self.window, self.lockout).await
+                {
                     // Failing open here only loses a count; the credential was refused anyway.
                     tracing::warn!(error = %err, "cannot count a failed attempt in redis");
                 }
@@ -116,7 +122,11 @@ impl MemoryCounters {
         // `max_failures` failures lock: the first `max_failures - 1` fit in the burst, and the
         // one that does not fit triggers the lockout, so the attempt after it gets 429.
         let quota = NonZeroU32::new(config.max_failures.saturating_sub(1)).and_then(|burst| {
-            let period = config.window.0.checked_div(config.max_failures)?.max(Duration::from_millis(1));
+            let period = config
+                .window
+                .0
+                .checked_div(config.max_failures)?
+                .max(Duration::from_millis(1));
             Some(Quota::with_period(period)?.allow_burst(burst))
         });
         MemoryCounters {
@@ -189,7 +199,11 @@ impl<K: Hash + Eq + Clone> Counters<K> {
     }
 }
 
-fn remaining<K: Hash + Eq>(locks: &Mutex<HashMap<K, Instant>>, key: &K, now: Instant) -> Option<Duration> {
+fn remaining<K: Hash + Eq>(
+    locks: &Mutex<HashMap<K, Instant>>,
+    key: &K,
+    now: Instant,
+) -> Option<Duration> {
     let locks = locks.lock();
     let until = *locks.get(key)?;
     (until > now).then(|| until - now)
@@ -220,10 +234,16 @@ return n
 ";
 
 fn redis_keys(ip: IpAddr, user: Option<&str>) -> Vec<(String, String)> {
-    let mut keys = vec![(format!("portcullis:fail:ip:{ip}"), format!("portcullis:lock:ip:{ip}"))];
+    let mut keys = vec![(
+        format!("portcullis:fail:ip:{ip}"),
+        format!("portcullis:lock:ip:{ip}"),
+    )];
     if let Some(user) = user {
         let hex = hex::encode(user_key(user));
-        keys.push((format!("portcullis:fail:user:{hex}"), format!("portcullis:lock:user:{hex}")));
+        keys.push((
+            format!("portcullis:fail:user:{hex}"),
+            format!("portcullis:lock:user:{hex}"),
+        ));
     }
     keys
 }
@@ -233,7 +253,10 @@ async fn redis_locked_for(store: &RedisStore, ip: IpAddr, user: Option<&str>) ->
     for (_, lock_key) in redis_keys(ip, user) {
         // A Redis outage must not lock everyone out (nor let anyone hash without limit: the
         // hashing queue stays bounded), so an unanswered check counts as not locked.
-        let ttl: i64 = store.command(redis::cmd("PTTL").arg(&lock_key)).await.unwrap_or(-2);
+        let ttl: i64 = store
+            .command(redis::cmd("PTTL").arg(&lock_key))
+            .await
+            .unwrap_or(-2);
         if ttl > 0 {
             let left = Duration::from_millis(ttl.unsigned_abs());
             longest = Some(longest.map_or(left, |l| l.max(left)));
@@ -288,9 +311,15 @@ mod tests {
         assert_eq!(denial.reason, DenyReason::RateLimited);
         assert!(denial.retry_after.unwrap() > 890);
         // The user is locked from any IP, and the IP for any user.
-        assert!(limiter.check("192.0.2.2".parse().unwrap(), Some("alice")).await.is_err());
+        assert!(limiter
+            .check("192.0.2.2".parse().unwrap(), Some("alice"))
+            .await
+            .is_err());
         assert!(limiter.check(ip, Some("bob")).await.is_err());
-        assert!(limiter.check("192.0.2.2".parse().unwrap(), Some("bob")).await.is_ok());
+        assert!(limiter
+            .check("192.0.2.2".parse().unwrap(), Some("bob"))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
@@ -313,7 +342,9 @@ mod tests {
             let ip = IpAddr::from(n.to_be_bytes());
             limiter.record_failure(ip, Some(&format!("user{n}"))).await;
         }
-        let Backend::Memory(m) = &limiter.backend else { unreachable!() };
+        let Backend::Memory(m) = &limiter.backend else {
+            unreachable!()
+        };
         assert!(m.ips.len() <= MAX_TRACKED + 1);
         assert!(m.users.len() <= MAX_TRACKED + 1);
         assert!(m.locked_ips.lock().len() <= MAX_TRACKED);

@@ -18,7 +18,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             for cert in CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?
             {
-                let cert = cert.map_err(|e| format!("bad PEM certificate in {}: {e}", path.display()))?;
+                let cert =
+                    cert.map_err(|e| format!("bad PEM certificate in {}: {e}", path.display()))?;
                 roots
                     .add(cert)
                     .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
@@ -58,23 +59,39 @@ pub fn plain_only() -> Arc<rustls::ClientConfig> {
 }
 
 /// Builds the rustls server config from PEM files; the error says which file and why.
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert_file.display()))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad PEM certificate in {}: {e}", cert_file.display()))?;
     if certs.is_empty() {
-        return Err(format!("no PEM certificate found in {}", cert_file.display()));
+        return Err(format!(
+            "no PEM certificate found in {}",
+            cert_file.display()
+        ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("cannot read a PEM private key from {}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        format!(
+            "cannot read a PEM private key from {}: {e}",
+            key_file.display()
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key in {} / {} do not work together: {e}", cert_file.display(), key_file.display()))?;
+        .map_err(|e| {
+            format!(
+                "certificate and key in {} / {} do not work together: {e}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

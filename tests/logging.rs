@@ -22,6 +22,9 @@ const FIELDS: &[&str] = &[
     "decision",
 ];
 
+/// (method, target, authorization, expected status, expected decision, expected reason)
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, u16, &'a str, Option<&'a str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_produces_exactly_one_access_event() {
     let upstream = Upstream::start().await;
@@ -33,7 +36,7 @@ async fn every_request_produces_exactly_one_access_event() {
     let token = bearer(TOKEN);
 
     // (method, target, authorization, expected status, expected decision, expected reason)
-    let requests: Vec<(&str, &str, Option<&str>, u16, &str, Option<&str>)> = vec![
+    let requests: Vec<Case<'_>> = vec![
         ("GET", "/home", Some(&alice), 200, "allow", None),
         ("POST", "/admin/x", Some(&alice), 200, "allow", None),
         ("GET", "/home", Some(&token), 200, "allow", None),

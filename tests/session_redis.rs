@@ -695,7 +695,6 @@ async fn a_proxy_started_before_redis_connects_once_it_is_up() {
 /// starting a browser session for them (app.rs `start_browser_session`), although the route
 /// does not need one and the same credentials from a non-browser client pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a browser's valid Basic login on a session+basic route gets 503 while Redis is down (start_browser_session fails closed; src/app.rs)"]
 async fn a_browser_basic_login_on_a_mixed_route_still_works_while_redis_is_down() {
     if !redis_installed() {
         return;

@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, OnceCell};
 
 use super::password::PasswordHash;
 use crate::config::{Scheme, User, UserDb};
-use crate::error::{DenyReason, Denial, FailReason, Failure, Refusal};
+use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
 /// How long a successful verification is remembered.
 const CACHE_TTL: Duration = Duration::from_secs(60);
@@ -102,7 +102,12 @@ impl PasswordVerifier {
     }
 
     /// Runs one verification per tag at a time; later callers with the same tag wait for it.
-    async fn shared_check(&self, tag: [u8; 32], hash: &PasswordHash, password: &str) -> Result<bool, Failure> {
+    async fn shared_check(
+        &self,
+        tag: [u8; 32],
+        hash: &PasswordHash,
+        password: &str,
+    ) -> Result<bool, Failure> {
         let cell = self.in_flight.lock().entry(tag).or_default().clone();
         let outcome = cell
             .get_or_try_init(|| async {
@@ -131,7 +136,10 @@ impl PasswordVerifier {
             reply,
         };
         self.jobs.try_send(job).map_err(|_| {
-            Failure::new(FailReason::Overloaded, "password verification queue is full")
+            Failure::new(
+                FailReason::Overloaded,
+                "password verification queue is full",
+            )
         })?;
         answer
             .await
@@ -141,7 +149,9 @@ impl PasswordVerifier {
 
 fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
     // Lowest priority: a flood of wrong passwords must queue behind request handling.
-    if let Err(err) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+    if let Err(err) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
         tracing::debug!(error = ?err, "cannot lower the hashing thread's priority");
     }
     for job in queue {
@@ -172,9 +182,14 @@ impl VerifiedCache {
     }
 
     fn tag(&self, user: &User, password: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        for part in [user.name.as_bytes(), user.hash.as_str().as_bytes(), password.as_bytes()] {
+        for part in [
+            user.name.as_bytes(),
+            user.hash.as_str().as_bytes(),
+            password.as_bytes(),
+        ] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -185,9 +200,9 @@ impl VerifiedCache {
         let entries = self.entries.read();
         // The map lookup is on an unpredictable HMAC, so its timing reveals nothing; the
         // constant-time comparison keeps the final equality check free of early exits too.
-        entries
-            .get_key_value(tag)
-            .is_some_and(|(stored, expires)| bool::from(stored.ct_eq(tag)) && *expires > Instant::now())
+        entries.get_key_value(tag).is_some_and(|(stored, expires)| {
+            bool::from(stored.ct_eq(tag)) && *expires > Instant::now()
+        })
     }
 
     fn insert(&self, tag: [u8; 32]) {

@@ -7,7 +7,7 @@ use base64::Engine;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
-use crate::error::{DenyReason, Denial};
+use crate::error::{Denial, DenyReason};
 
 /// The credential a request presents.
 #[derive(Debug)]
@@ -94,7 +94,11 @@ fn scheme_name(scheme: &str) -> SchemeName {
         .take(16)
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect();
-    SchemeName(if clean.is_empty() { "?".to_string() } else { clean })
+    SchemeName(if clean.is_empty() {
+        "?".to_string()
+    } else {
+        clean
+    })
 }
 
 /// RFC 7617: base64 of `user:password`, both UTF-8.
@@ -134,9 +138,9 @@ fn parse_bearer(token: &str) -> Result<&str, &'static str> {
     }
     let body = token.trim_end_matches('=');
     let valid = !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if !valid {
         return Err("bearer token has characters outside the RFC 6750 token alphabet");
     }
@@ -174,7 +178,14 @@ mod tests {
 
     #[test]
     fn malformed_basic_is_refused() {
-        for bad in ["Basic", "Basic ", "Basic !!!", "Basic YWxpY2U=", "Basic OnB3", "Basic /w=="] {
+        for bad in [
+            "Basic",
+            "Basic ",
+            "Basic !!!",
+            "Basic YWxpY2U=",
+            "Basic OnB3",
+            "Basic /w==",
+        ] {
             assert!(basic(bad).is_err(), "{bad:?}");
         }
     }
@@ -184,8 +195,18 @@ mod tests {
         let ok = |t: &str| matches!(parse_value(t), Credential::Bearer(Ok(_)));
         assert!(ok("Bearer abc.DEF-123_~+/=="));
         assert!(ok("bearer abc"));
-        for bad in ["Bearer", "Bearer ", "Bearer a b", "Bearer a,b", "Bearer ==", "Bearer a\"b"] {
-            assert!(matches!(parse_value(bad), Credential::Bearer(Err(_))), "{bad:?}");
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer ==",
+            "Bearer a\"b",
+        ] {
+            assert!(
+                matches!(parse_value(bad), Credential::Bearer(Err(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -200,7 +221,10 @@ mod tests {
     #[test]
     fn two_authorization_headers_are_malformed() {
         let mut headers = HeaderMap::new();
-        headers.append(AUTHORIZATION, HeaderValue::from_static("Basic YWxpY2U6c2VjcmV0"));
+        headers.append(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic YWxpY2U6c2VjcmV0"),
+        );
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         let denial = parse(&headers).unwrap_err();
         assert_eq!(denial.reason, DenyReason::MalformedCredentials);

@@ -16,10 +16,10 @@ pub use basic::PasswordVerifier;
 pub use credentials::Credential;
 
 use crate::config::{Config, Route, Scheme, StaticToken, User};
+use crate::error::{Denial, DenyReason, Refusal};
 use crate::ratelimit::FailureLimiter;
 use crate::session::{ActiveSession, Sessions};
 use std::net::IpAddr;
-use crate::error::{DenyReason, Denial, Refusal};
 
 /// Who the caller is, once authenticated.
 #[derive(Debug, Clone)]
@@ -78,7 +78,11 @@ impl Identity {
 /// without hashing, and an ended one is refused even when Basic credentials come with it, so
 /// that a browser's Basic login is bound by the session's idle and absolute timeouts too.
 /// Otherwise the one `Authorization` credential is checked against the route's schemes.
-pub async fn authenticate(ctx: &AuthContext<'_>, route: &Route, headers: &HeaderMap) -> Result<Identity, Refusal> {
+pub async fn authenticate(
+    ctx: &AuthContext<'_>,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Identity, Refusal> {
     let config = ctx.config;
     if route.accepts(Scheme::Session) && ctx.sessions.has_cookie(headers) {
         return session_identity(config, ctx.sessions, headers).await;
@@ -93,9 +97,14 @@ pub async fn authenticate(ctx: &AuthContext<'_>, route: &Route, headers: &Header
         .into()),
         Credential::Basic(basic) => {
             if !route.accepts(Scheme::Basic) {
-                return Err(missing(route, "sent a Basic credential, which this route does not accept").into());
+                return Err(missing(
+                    route,
+                    "sent a Basic credential, which this route does not accept",
+                )
+                .into());
             }
-            let basic = basic.map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))?;
+            let basic = basic
+                .map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))?;
             let user = ctx.check_password(&basic.user, &basic.password).await?;
             Ok(Identity {
                 principal: Principal::User(user),
@@ -105,9 +114,14 @@ pub async fn authenticate(ctx: &AuthContext<'_>, route: &Route, headers: &Header
         }
         Credential::Bearer(token) => {
             if !route.accepts(Scheme::Bearer) {
-                return Err(missing(route, "sent a Bearer credential, which this route does not accept").into());
+                return Err(missing(
+                    route,
+                    "sent a Bearer credential, which this route does not accept",
+                )
+                .into());
             }
-            let token = token.map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
+            let token = token
+                .map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
             ctx.limiter.check(ctx.client_ip, None).await?;
             let principal = match bearer::authenticate(config, token).await {
                 Ok(principal) => principal,
@@ -145,23 +159,40 @@ impl AuthContext<'_> {
     /// counts against both.
     pub async fn check_password(&self, user: &str, password: &str) -> Result<Arc<User>, Refusal> {
         self.limiter.check(self.client_ip, Some(user)).await?;
-        let result = self.verifier.verify(&self.config.users, user, password).await;
+        let result = self
+            .verifier
+            .verify(&self.config.users, user, password)
+            .await;
         if let Err(Refusal::Deny(_)) = &result {
-            self.limiter.record_failure(self.client_ip, Some(user)).await;
+            self.limiter
+                .record_failure(self.client_ip, Some(user))
+                .await;
         }
         result
     }
 }
 
-async fn session_identity(config: &Config, sessions: &Sessions, headers: &HeaderMap) -> Result<Identity, Refusal> {
+async fn session_identity(
+    config: &Config,
+    sessions: &Sessions,
+    headers: &HeaderMap,
+) -> Result<Identity, Refusal> {
     let id = sessions.cookie(headers).ok_or_else(|| {
-        Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session cookie is not one this proxy issued")
+        Denial::of(
+            Scheme::Session,
+            DenyReason::SessionUnknown,
+            "the session cookie is not one this proxy issued",
+        )
     })?;
     let active = sessions.check(id).await?;
     // The user is looked up in the current config on every request: removing a user or
     // changing their groups applies to their open sessions at once.
     let user = config.users.get(&active.record.user).ok_or_else(|| {
-        Denial::of(Scheme::Session, DenyReason::SessionUnknown, "the session's user is no longer configured")
+        Denial::of(
+            Scheme::Session,
+            DenyReason::SessionUnknown,
+            "the session's user is no longer configured",
+        )
     })?;
     Ok(Identity {
         principal: Principal::User(user.clone()),

@@ -89,13 +89,15 @@ fn describe_unsupported(text: &str) -> &'static str {
 }
 
 fn parse_argon2(text: &str) -> Result<(), String> {
-    let phc = Phc::new(text).map_err(|e| format!("malformed argon2 hash ({e}): {EXPECTED_HASH}"))?;
+    let phc =
+        Phc::new(text).map_err(|e| format!("malformed argon2 hash ({e}): {EXPECTED_HASH}"))?;
     match phc.algorithm.as_str() {
         "argon2id" | "argon2i" => {}
         "argon2d" => return Err("argon2d hashes are not accepted: use argon2id".to_string()),
         other => return Err(format!("unknown algorithm {other:?}: {EXPECTED_HASH}")),
     }
-    let params = argon2::Params::try_from(&phc).map_err(|e| format!("bad argon2 parameters: {e}"))?;
+    let params =
+        argon2::Params::try_from(&phc).map_err(|e| format!("bad argon2 parameters: {e}"))?;
     if params.m_cost() > MAX_ARGON2_MEMORY_KIB || params.t_cost() > MAX_ARGON2_PASSES {
         return Err(format!(
             "argon2 parameters too expensive (m={}, t={}): at most m={MAX_ARGON2_MEMORY_KIB}, t={MAX_ARGON2_PASSES}",
@@ -104,7 +106,9 @@ fn parse_argon2(text: &str) -> Result<(), String> {
         ));
     }
     if phc.hash.is_none() || phc.salt.is_none() {
-        return Err(format!("argon2 hash has no salt or digest: {EXPECTED_HASH}"));
+        return Err(format!(
+            "argon2 hash has no salt or digest: {EXPECTED_HASH}"
+        ));
     }
     Ok(())
 }
@@ -115,12 +119,17 @@ fn parse_bcrypt(text: &str) -> Result<(), String> {
     if text.len() != 60 {
         return Err(malformed());
     }
-    let cost: u32 = text.get(4..6).and_then(|c| c.parse().ok()).ok_or_else(malformed)?;
+    let cost: u32 = text
+        .get(4..6)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(malformed)?;
     if text.as_bytes()[6] != b'$' || !(4..=31).contains(&cost) {
         return Err(malformed());
     }
     if cost > MAX_BCRYPT_COST {
-        return Err(format!("bcrypt cost {cost} too expensive: at most {MAX_BCRYPT_COST}"));
+        return Err(format!(
+            "bcrypt cost {cost} too expensive: at most {MAX_BCRYPT_COST}"
+        ));
     }
     let alphabet_ok = text[7..]
         .bytes()
@@ -212,7 +221,10 @@ mod tests {
         let parsed = PasswordHash::parse(&argon).unwrap();
         assert!(parsed.verify(b"pw"));
         assert!(!parsed.verify(b"pW"));
-        assert!(matches!(PasswordHash::parse(BCRYPT), Ok(PasswordHash::Bcrypt(_))));
+        assert!(matches!(
+            PasswordHash::parse(BCRYPT),
+            Ok(PasswordHash::Bcrypt(_))
+        ));
     }
 
     #[test]
@@ -228,7 +240,10 @@ mod tests {
             "$2b$04$short",
             "$2b$99$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie",
         ] {
-            assert!(PasswordHash::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                PasswordHash::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -8,12 +8,16 @@ use super::Config;
 /// Human lines describing the change from `old` to `new`.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut changes = Vec::new();
-    let route_names = |c: &Config| -> BTreeSet<String> { c.routes.iter().map(|r| r.path.to_string()).collect() };
+    let route_names =
+        |c: &Config| -> BTreeSet<String> { c.routes.iter().map(|r| r.path.to_string()).collect() };
     named_changes(&mut changes, "route", &route_names(old), &route_names(new));
-    let user_names = |c: &Config| -> BTreeSet<String> { c.users.names().map(str::to_string).collect() };
+    let user_names =
+        |c: &Config| -> BTreeSet<String> { c.users.names().map(str::to_string).collect() };
     named_changes(&mut changes, "user", &user_names(old), &user_names(new));
     for name in user_names(old).intersection(&user_names(new)) {
-        let (Some(before), Some(after)) = (old.users.get(name), new.users.get(name)) else { continue };
+        let (Some(before), Some(after)) = (old.users.get(name), new.users.get(name)) else {
+            continue;
+        };
         if before.hash != after.hash {
             changes.push(format!("user {name:?}: password changed"));
         }
@@ -21,10 +25,14 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             changes.push(format!("user {name:?}: groups changed"));
         }
     }
-    let token_names = |c: &Config| -> BTreeSet<String> { c.tokens.iter().map(|t| t.name.clone()).collect() };
+    let token_names =
+        |c: &Config| -> BTreeSet<String> { c.tokens.iter().map(|t| t.name.clone()).collect() };
     named_changes(&mut changes, "token", &token_names(old), &token_names(new));
     if old.upstream.url != new.upstream.url {
-        changes.push(format!("upstream: {} -> {}", old.upstream.url, new.upstream.url));
+        changes.push(format!(
+            "upstream: {} -> {}",
+            old.upstream.url, new.upstream.url
+        ));
     }
     if old.server.listen != new.server.listen
         || old.server.admin_listen != new.server.admin_listen
@@ -36,7 +44,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     changes
 }
 
-fn named_changes(out: &mut Vec<String>, what: &str, old: &BTreeSet<String>, new: &BTreeSet<String>) {
+fn named_changes(
+    out: &mut Vec<String>,
+    what: &str,
+    old: &BTreeSet<String>,
+    new: &BTreeSet<String>,
+) {
     for added in new.difference(old) {
         out.push(format!("{what} {added:?} added"));
     }

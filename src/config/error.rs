@@ -29,7 +29,13 @@ impl ConfigError {
     }
 
     /// A problem at a byte span of `text`.
-    pub fn at(file: &Path, text: &str, span: Option<Range<usize>>, key: &str, message: String) -> Self {
+    pub fn at(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: String,
+    ) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             position: span.map(|s| line_column(text, s.start)),

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::types::{
-    Cidr, ConfigHeaderName, ConfigMethod, HumanDuration, ListenAddr, RoutePath, Rfc3339,
-    Sha256Hex, UpstreamUrl,
+    Cidr, ConfigHeaderName, ConfigMethod, HumanDuration, ListenAddr, Rfc3339, RoutePath, Sha256Hex,
+    UpstreamUrl,
 };
 use crate::auth::password::PasswordHash;
 
@@ -59,7 +59,10 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
-            listen: Spanned::new(0..0, vec![ListenAddr("0.0.0.0:8080".parse().expect("literal"))]),
+            listen: Spanned::new(
+                0..0,
+                vec![ListenAddr("0.0.0.0:8080".parse().expect("literal"))],
+            ),
             admin_listen: None,
             trusted_proxies: Vec::new(),
             header_read_timeout: HumanDuration(std::time::Duration::from_secs(10)),

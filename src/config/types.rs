@@ -68,9 +68,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let millis = self.0.as_millis();
-        let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ];
         for (size, unit) in units {
-            if millis >= size && millis % size == 0 {
+            if millis >= size && millis.is_multiple_of(size) {
                 return write!(f, "{}{unit}", millis / size);
             }
         }
@@ -170,7 +175,10 @@ impl FromStr for UpstreamUrl {
         if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
             return Err(expected("the scheme must be http or https"));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| expected("no host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| expected("no host"))?;
         if authority.as_str().contains('@') {
             return Err(expected("user information in the URL is not supported"));
         }
@@ -438,7 +446,16 @@ mod tests {
 
     #[test]
     fn durations_reject_garbage() {
-        for bad in ["", "10", "s", "10x", "-5s", "1.5s", "10 s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "-5s",
+            "1.5s",
+            "10 s",
+            "99999999999999999999d",
+        ] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} should fail");
         }
     }
@@ -459,8 +476,14 @@ mod tests {
     fn rfc3339_parses_to_unix_seconds() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2027-01-01T00:00:00Z"), Some(1_798_761_600));
-        assert_eq!(parse_rfc3339("2027-01-01T01:00:00+01:00"), Some(1_798_761_600));
-        assert_eq!(parse_rfc3339("2027-01-01T00:00:00.250Z"), Some(1_798_761_600));
+        assert_eq!(
+            parse_rfc3339("2027-01-01T01:00:00+01:00"),
+            Some(1_798_761_600)
+        );
+        assert_eq!(
+            parse_rfc3339("2027-01-01T00:00:00.250Z"),
+            Some(1_798_761_600)
+        );
         assert_eq!(parse_rfc3339("2027-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
     }

@@ -25,7 +25,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Option<std::ops::Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::at(self.path, self.text, span, key, message.into())
     }
 
@@ -52,7 +57,9 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
     session(&ctx, &file)?;
     let upstream_tls = upstream_tls(&ctx, &file)?;
     if !file.routes.iter().any(|r| r.path.get_ref().as_str() == "/") {
-        warnings.push("no route for \"/\": requests outside the listed routes get 403 (no_route)".to_string());
+        warnings.push(
+            "no route for \"/\": requests outside the listed routes get 403 (no_route)".to_string(),
+        );
     }
     let jwt = jwt(&ctx, &file, &mut warnings)?;
     let uses_sessions = routes.iter().any(|r| r.accepts(Scheme::Session));
@@ -93,12 +100,15 @@ fn jwt(
     file: &FileConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Arc<crate::auth::jwt::JwtVerifier>>, ConfigError> {
-    let Some(section) = &file.jwt else { return Ok(None) };
+    let Some(section) = &file.jwt else {
+        return Ok(None);
+    };
     let load = crate::auth::jwt::LoadContext {
         resolve: &|file| ctx.resolve(file),
         error: &|span, key, message| ctx.err(span, key, message),
     };
-    let (verifier, notes) = crate::auth::jwt::from_section(section.get_ref(), section.span(), &load)?;
+    let (verifier, notes) =
+        crate::auth::jwt::from_section(section.get_ref(), section.span(), &load)?;
     warnings.extend(notes);
     Ok(Some(Arc::new(verifier)))
 }
@@ -108,7 +118,10 @@ fn parse(ctx: &Ctx<'_>) -> Result<FileConfig, ConfigError> {
     let deserializer = toml::Deserializer::new(ctx.text);
     serde_path_to_error::deserialize::<_, FileConfig>(deserializer).map_err(|err| {
         // `Spanned` values add a private segment to the path; it means nothing to a reader.
-        let key = err.path().to_string().replace(".$__serde_spanned_private_value", "");
+        let key = err
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
         let inner = err.into_inner();
         ctx.err(inner.span(), &key, inner.message().trim().to_string())
@@ -118,7 +131,11 @@ fn parse(ctx: &Ctx<'_>) -> Result<FileConfig, ConfigError> {
 fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError> {
     let s = &file.server;
     if s.listen.get_ref().is_empty() {
-        return Err(ctx.err(Some(s.listen.span()), "server.listen", "expected at least one address"));
+        return Err(ctx.err(
+            Some(s.listen.span()),
+            "server.listen",
+            "expected at least one address",
+        ));
     }
     let header_bytes = *s.max_header_bytes.get_ref();
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&header_bytes) {
@@ -161,15 +178,25 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
 
 /// The certificate verification for an `https://` upstream: `ca_file` when set, else the
 /// system's roots.
-fn upstream_tls(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+fn upstream_tls(
+    ctx: &Ctx<'_>,
+    file: &FileConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
     let upstream = &file.upstream;
     if upstream.url.scheme != http::uri::Scheme::HTTPS {
         if let Some(ca) = &upstream.ca_file {
-            return Err(ctx.err(Some(ca.span()), "upstream.ca_file", "ca_file only applies to an https:// upstream"));
+            return Err(ctx.err(
+                Some(ca.span()),
+                "upstream.ca_file",
+                "ca_file only applies to an https:// upstream",
+            ));
         }
         return Ok(None);
     }
-    let ca_file = upstream.ca_file.as_ref().map(|ca| (ctx.resolve(ca.get_ref()), ca.span()));
+    let ca_file = upstream
+        .ca_file
+        .as_ref()
+        .map(|ca| (ctx.resolve(ca.get_ref()), ca.span()));
     crate::tls::client_config(ca_file.as_ref().map(|(path, _)| path.as_path()))
         .map(Some)
         .map_err(|m| ctx.err(ca_file.map(|(_, span)| span), "upstream.ca_file", m))
@@ -180,7 +207,11 @@ fn session(ctx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError> {
     let s = &file.session;
     let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if s.cookie_name.is_empty() || !s.cookie_name.chars().all(token_char) {
-        return Err(ctx.err(None, "session.cookie_name", "expected a cookie name made of letters, digits and -_."));
+        return Err(ctx.err(
+            None,
+            "session.cookie_name",
+            "expected a cookie name made of letters, digits and -_.",
+        ));
     }
     if s.idle_timeout.0.is_zero() || s.absolute_timeout.0 < s.idle_timeout.0 {
         return Err(ctx.err(
@@ -192,19 +223,38 @@ fn session(ctx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
-    let domain_ok = s.cookie_domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    let domain_ok = s
+        .cookie_domain
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
     if !domain_ok {
-        return Err(ctx.err(None, "session.cookie_domain", "expected a domain name such as \"example.com\""));
+        return Err(ctx.err(
+            None,
+            "session.cookie_domain",
+            "expected a domain name such as \"example.com\"",
+        ));
     }
     if let Some(url) = &s.redis_url {
         if let Err(err) = redis::Client::open(url.as_str()) {
-            return Err(ctx.err(None, "session.redis_url", format!("expected a redis:// URL: {err}")));
+            return Err(ctx.err(
+                None,
+                "session.redis_url",
+                format!("expected a redis:// URL: {err}"),
+            ));
         }
     } else if s.store == super::file::SessionStoreKind::Redis {
-        return Err(ctx.err(None, "session.redis_url", "session.store = \"redis\" needs a redis_url"));
+        return Err(ctx.err(
+            None,
+            "session.redis_url",
+            "session.store = \"redis\" needs a redis_url",
+        ));
     }
     if crate::login::safe_next(&file.login.after_logout) != file.login.after_logout {
-        return Err(ctx.err(None, "login.after_logout", "expected a same-site path starting with '/', such as \"/\""));
+        return Err(ctx.err(
+            None,
+            "login.after_logout",
+            "expected a same-site path starting with '/', such as \"/\"",
+        ));
     }
     Ok(())
 }
@@ -216,7 +266,11 @@ fn users(ctx: &Ctx<'_>, file: &FileConfig) -> Result<UserDb, ConfigError> {
         let name = entry.name.get_ref();
         validate_user_name(name).map_err(|m| ctx.err(Some(entry.name.span()), &key, m))?;
         if by_name.contains_key(name) {
-            return Err(ctx.err(Some(entry.name.span()), &key, format!("user {name:?} is defined twice")));
+            return Err(ctx.err(
+                Some(entry.name.span()),
+                &key,
+                format!("user {name:?} is defined twice"),
+            ));
         }
         let user = User {
             name: name.clone(),
@@ -229,10 +283,18 @@ fn users(ctx: &Ctx<'_>, file: &FileConfig) -> Result<UserDb, ConfigError> {
         let htpasswd = ctx.resolve(section.path.get_ref());
         let span = Some(section.path.span());
         let text = std::fs::read_to_string(&htpasswd).map_err(|e| {
-            ctx.err(span.clone(), "users_file.path", format!("cannot read {}: {e}", htpasswd.display()))
+            ctx.err(
+                span.clone(),
+                "users_file.path",
+                format!("cannot read {}: {e}", htpasswd.display()),
+            )
         })?;
         let entries = parse_htpasswd(&text).map_err(|e| {
-            ctx.err(span.clone(), "users_file.path", format!("{}: {e}", htpasswd.display()))
+            ctx.err(
+                span.clone(),
+                "users_file.path",
+                format!("{}: {e}", htpasswd.display()),
+            )
         })?;
         for entry in entries {
             if by_name.contains_key(&entry.name) {
@@ -265,7 +327,11 @@ fn tokens(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Vec<Arc<StaticToken>>, Con
         let key = format!("tokens[{i}].name");
         validate_user_name(name).map_err(|m| ctx.err(Some(entry.name.span()), &key, m))?;
         if out.iter().any(|t| &t.name == name) {
-            return Err(ctx.err(Some(entry.name.span()), &key, format!("token {name:?} is defined twice")));
+            return Err(ctx.err(
+                Some(entry.name.span()),
+                &key,
+                format!("token {name:?} is defined twice"),
+            ));
         }
         let digest = entry.token_sha256.get_ref().0;
         if out.iter().any(|t| t.digest == digest) {
@@ -294,9 +360,12 @@ fn routes(
 ) -> Result<Vec<Route>, ConfigError> {
     let mut out: Vec<Route> = Vec::new();
     for (i, entry) in file.routes.iter().enumerate() {
-        let duplicate = file.routes[..i].iter().position(|other| same_path(other, entry));
+        let duplicate = file.routes[..i]
+            .iter()
+            .position(|other| same_path(other, entry));
         if let Some(first) = duplicate {
-            let (line, _) = super::error::line_column(ctx.text, file.routes[first].path.span().start);
+            let (line, _) =
+                super::error::line_column(ctx.text, file.routes[first].path.span().start);
             return Err(ctx.err(
                 Some(entry.path.span()),
                 &format!("route[{i}].path"),
@@ -338,7 +407,10 @@ fn route(
             ));
         }
     }
-    let realm = entry.realm.clone().unwrap_or_else(|| "portcullis".to_string());
+    let realm = entry
+        .realm
+        .clone()
+        .unwrap_or_else(|| "portcullis".to_string());
     if realm.chars().any(char::is_control) {
         return Err(ctx.err(
             Some(entry.path.span()),
@@ -389,7 +461,11 @@ fn route(
         methods,
         schemes,
         realm,
-        allow_users: entry.allow_users.iter().map(|u| u.get_ref().clone()).collect(),
+        allow_users: entry
+            .allow_users
+            .iter()
+            .map(|u| u.get_ref().clone())
+            .collect(),
         allow_groups: entry.allow_groups.clone(),
         scopes,
         case_insensitive: entry.case_insensitive,

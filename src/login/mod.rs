@@ -110,7 +110,10 @@ impl Endpoints<'_> {
         }
         let form = read_form(request).await?;
         let next = safe_next(&form.next).to_string();
-        let user = self.auth.check_password(&form.username, &form.password).await;
+        let user = self
+            .auth
+            .check_password(&form.username, &form.password)
+            .await;
         let user = match user {
             Ok(user) => user,
             // A lockout is answered as such (429 with Retry-After), not as a wrong password.
@@ -134,7 +137,12 @@ impl Endpoints<'_> {
                     })),
                     // Only a configured name is logged: an unknown "user name" may well be a
                     // password typed into the wrong field.
-                    user: self.auth.config.users.contains(&form.username).then_some(form.username),
+                    user: self
+                        .auth
+                        .config
+                        .users
+                        .contains(&form.username)
+                        .then_some(form.username),
                 });
             }
             Err(failure) => return Err(failure),

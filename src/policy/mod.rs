@@ -11,7 +11,7 @@ use http::Method;
 
 use crate::auth::Identity;
 use crate::config::{Route, Scheme};
-use crate::error::{DenyReason, Denial};
+use crate::error::{Denial, DenyReason};
 use crate::path::{self, NormalizedPath};
 
 /// Paths under this prefix are the proxy's own (`/.portcullis/login` …), never forwarded.
@@ -30,12 +30,18 @@ pub enum Target<'a> {
 
 /// Step 2 of request handling: normalise the path (ambiguous paths are refused), then pick
 /// the route by the longest segment-boundary prefix of the normalised path.
-pub fn resolve<'a>(routes: &'a RouteTable, raw_path: &str) -> Result<(NormalizedPath, Target<'a>), Denial> {
-    let normalized = path::normalize(raw_path).map_err(|why| Denial::new(DenyReason::AmbiguousPath, why.to_string()))?;
+pub fn resolve<'a>(
+    routes: &'a RouteTable,
+    raw_path: &str,
+) -> Result<(NormalizedPath, Target<'a>), Denial> {
+    let normalized = path::normalize(raw_path)
+        .map_err(|why| Denial::new(DenyReason::AmbiguousPath, why.to_string()))?;
     let target = if path::prefix_matches(RESERVED_PREFIX, normalized.for_matching(), true) {
         Target::Reserved
     } else {
-        routes.find(normalized.for_matching()).map_or(Target::NoRoute, Target::Route)
+        routes
+            .find(normalized.for_matching())
+            .map_or(Target::NoRoute, Target::Route)
     };
     Ok((normalized, target))
 }
@@ -47,7 +53,11 @@ pub fn no_route() -> Denial {
 
 /// Step 4 of request handling: allow lists, then scopes, then methods.
 /// `identity` is `None` only on public routes.
-pub fn authorize(route: &Route, identity: Option<&Identity>, method: &Method) -> Result<(), Denial> {
+pub fn authorize(
+    route: &Route,
+    identity: Option<&Identity>,
+    method: &Method,
+) -> Result<(), Denial> {
     if let Some(identity) = identity {
         allowed(route, identity)?;
         scopes(route, identity)?;

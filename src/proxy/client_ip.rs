@@ -54,7 +54,8 @@ fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         .filter_map(|element| {
             element.split(';').find_map(|pair| {
                 let (key, value) = pair.trim().split_once('=')?;
-                key.eq_ignore_ascii_case("for").then(|| parse_forwarded_node(value))
+                key.eq_ignore_ascii_case("for")
+                    .then(|| parse_forwarded_node(value))
             })
         })
         .collect()
@@ -72,7 +73,9 @@ fn parse_forwarded_node(value: &str) -> Option<IpAddr> {
         return parse_ip(ip);
     }
     let host = match value.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
         _ => value,
     };
     parse_ip(host)
@@ -99,7 +102,10 @@ mod tests {
     #[test]
     fn trusted_peers_are_walked_from_the_right() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.1.1.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.1.1.1"),
+        );
         let (ip, trusted_peer) = client_ip("10.0.0.2".parse().unwrap(), &h, &trusted());
         assert_eq!(ip.to_string(), "203.0.113.5");
         assert!(trusted_peer);
@@ -108,7 +114,10 @@ mod tests {
     #[test]
     fn forwarded_header_is_read_when_no_xff() {
         let mut h = HeaderMap::new();
-        h.insert("forwarded", HeaderValue::from_static("for=\"[2001:db8::7]:443\";proto=https, for=10.2.2.2"));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=\"[2001:db8::7]:443\";proto=https, for=10.2.2.2"),
+        );
         let (ip, _) = client_ip("10.0.0.2".parse().unwrap(), &h, &trusted());
         assert_eq!(ip.to_string(), "2001:db8::7");
     }
@@ -116,7 +125,10 @@ mod tests {
     #[test]
     fn garbage_stops_the_walk() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, nonsense, 10.1.1.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, nonsense, 10.1.1.1"),
+        );
         let (ip, _) = client_ip("10.0.0.2".parse().unwrap(), &h, &trusted());
         assert_eq!(ip.to_string(), "10.1.1.1");
     }

@@ -73,8 +73,12 @@ pub struct ForwardContext<'a> {
 /// client asked for a protocol upgrade.
 pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     let upgrade = requested_upgrade(headers);
-    let prior_for = ctx.peer_trusted.then(|| joined(headers, &header::HeaderName::from_static("x-forwarded-for")));
-    let prior_forwarded = ctx.peer_trusted.then(|| joined(headers, &header::FORWARDED));
+    let prior_for = ctx
+        .peer_trusted
+        .then(|| joined(headers, &header::HeaderName::from_static("x-forwarded-for")));
+    let prior_forwarded = ctx
+        .peer_trusted
+        .then(|| joined(headers, &header::FORWARDED));
     // Headers named in Connection go first; everything the proxy adds is added after this, so a
     // client's `Connection: X-Forwarded-User` can never remove the identity we set.
     remove_connection_listed(headers);
@@ -101,7 +105,9 @@ pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
 /// Strips hop-by-hop headers from an upstream response (keeping the upgrade handshake of a
 /// 101 response).
 pub fn rewrite_response(headers: &mut HeaderMap, switching_protocols: bool) {
-    let upgrade = switching_protocols.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    let upgrade = switching_protocols
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     remove_connection_listed(headers);
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -227,7 +233,11 @@ fn add_forwarding(
 fn add_identity(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     let Some(identity) = ctx.identity else { return };
     insert_text(headers, ctx.config.user_header.as_str(), identity.user());
-    insert_text(headers, ctx.config.groups_header.as_str(), &identity.groups().join(","));
+    insert_text(
+        headers,
+        ctx.config.groups_header.as_str(),
+        &identity.groups().join(","),
+    );
     headers.insert(
         ctx.config.auth_method_header.clone(),
         HeaderValue::from_static(identity.method.as_str()),
@@ -277,11 +287,25 @@ mod tests {
     #[test]
     fn spoofed_identity_is_removed_in_every_spelling() {
         let mut h = HeaderMap::new();
-        for name in ["x-forwarded-user", "x_forwarded_user", "X-Forwarded_User", "x-real-ip", "x-original-url"] {
-            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("admin"));
+        for name in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "X-Forwarded_User",
+            "x-real-ip",
+            "x-original-url",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
         }
         rewrite(&mut h, false);
-        for name in ["x-forwarded-user", "x_forwarded_user", "x-real-ip", "x-original-url"] {
+        for name in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "x-real-ip",
+            "x-original-url",
+        ] {
             assert!(!h.contains_key(name), "{name} survived");
         }
     }
@@ -289,7 +313,10 @@ mod tests {
     #[test]
     fn connection_cannot_remove_proxy_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("X-Forwarded-For, x-request-id, keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Forwarded-For, x-request-id, keep-alive"),
+        );
         h.insert("x-custom", HeaderValue::from_static("1"));
         rewrite(&mut h, false);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
@@ -317,13 +344,19 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         rewrite(&mut h, false);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
-        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=\"example.com\"");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=http;host=\"example.com\""
+        );
     }
 
     #[test]
     fn upgrade_survives() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         rewrite(&mut h, false);
         assert_eq!(h[header::UPGRADE], "websocket");

@@ -65,19 +65,28 @@ impl Upstream {
             .authority(self.config.url.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|_| Failure::new(FailReason::UpstreamUnreachable, "cannot build the upstream URI"))?;
+            .map_err(|_| {
+                Failure::new(
+                    FailReason::UpstreamUnreachable,
+                    "cannot build the upstream URI",
+                )
+            })?;
         *request.uri_mut() = uri;
         // The upstream connection is HTTP/1.1 whatever the client spoke.
         *request.version_mut() = Version::HTTP_11;
         let wants_upgrade = request.headers().contains_key(http::header::UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
-        let sent = tokio::time::timeout(self.config.response_timeout, self.client.request(request)).await;
+        let sent =
+            tokio::time::timeout(self.config.response_timeout, self.client.request(request)).await;
         let mut response = match sent {
             Err(_) => {
                 return Err(Failure::new(
                     FailReason::UpstreamTimeout,
-                    format!("no response headers within {:?}", self.config.response_timeout),
+                    format!(
+                        "no response headers within {:?}",
+                        self.config.response_timeout
+                    ),
                 ))
             }
             Ok(Err(err)) => return Err(classify(&err)),
@@ -115,14 +124,26 @@ fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
     });
-    let cause = source_chain(err).last().map(ToString::to_string).unwrap_or_default();
+    let cause = source_chain(err)
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     if timed_out {
-        return Failure::new(FailReason::UpstreamTimeout, format!("connect timed out: {cause}"));
+        return Failure::new(
+            FailReason::UpstreamTimeout,
+            format!("connect timed out: {cause}"),
+        );
     }
-    let what = if err.is_connect() { "cannot connect" } else { "upstream connection failed" };
+    let what = if err.is_connect() {
+        "cannot connect"
+    } else {
+        "upstream connection failed"
+    };
     Failure::new(FailReason::UpstreamUnreachable, format!("{what}: {cause}"))
 }
 
-fn source_chain<'a>(err: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+fn source_chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(err), |e| (*e).source())
 }

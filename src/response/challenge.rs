@@ -52,7 +52,8 @@ pub fn challenge(scheme: Scheme, realm: &str, params: &[(&str, &str)]) -> String
 /// Converts a challenge to a header value. Realms are checked for control characters at
 /// load time, and non-ASCII text is carried as raw UTF-8 bytes (obs-text).
 pub fn to_value(text: String) -> HeaderValue {
-    HeaderValue::from_bytes(text.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"portcullis\""))
+    HeaderValue::from_bytes(text.as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"portcullis\""))
 }
 
 /// `Allow: GET, POST`
@@ -76,7 +77,11 @@ mod tests {
     #[test]
     fn quotes_and_backslashes_are_escaped() {
         assert_eq!(
-            challenge(Scheme::Bearer, r#"a "quoted" \ realm"#, &[("error", "invalid_token")]),
+            challenge(
+                Scheme::Bearer,
+                r#"a "quoted" \ realm"#,
+                &[("error", "invalid_token")]
+            ),
             r#"Bearer realm="a \"quoted\" \\ realm", error="invalid_token""#
         );
     }

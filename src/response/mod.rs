@@ -68,11 +68,17 @@ pub fn refusal(refusal: &Refusal, ctx: &RefusalContext<'_>) -> Response<Body> {
     let (heading, message) = wording(refusal);
     let request_id = ctx.request_id.to_str().unwrap_or("-");
     let (content_type, body) = match ctx.format {
-        Format::Html => ("text/html; charset=utf-8", html_page(ctx.title, status, heading, message, request_id)),
+        Format::Html => (
+            "text/html; charset=utf-8",
+            html_page(ctx.title, status, heading, message, request_id),
+        ),
         Format::Json => ("application/json", json_body(refusal, heading, request_id)),
         Format::Text => (
             "text/plain; charset=utf-8",
-            format!("{} {heading}: {message} (request id {request_id})\n", status.as_u16()),
+            format!(
+                "{} {heading}: {message} (request id {request_id})\n",
+                status.as_u16()
+            ),
         ),
     };
     let mut response = Response::new(Body::Right(Full::new(Bytes::from(body))));
@@ -113,7 +119,11 @@ fn add_refusal_headers(headers: &mut HeaderMap, refusal: &Refusal, route: Option
                 // a broken Basic credential leaves it bare.
                 _ => {
                     let about_bearer = matches!(denial.scheme, None | Some(Scheme::Bearer));
-                    let error = if about_bearer { bearer_error(denial.reason) } else { None };
+                    let error = if about_bearer {
+                        bearer_error(denial.reason)
+                    } else {
+                        None
+                    };
                     add_challenges(headers, route, error)
                 }
             }
@@ -129,7 +139,9 @@ fn add_refusal_headers(headers: &mut HeaderMap, refusal: &Refusal, route: Option
 /// The RFC 6750 `error` (and description) the Bearer challenge carries for a denial.
 fn bearer_error(reason: DenyReason) -> Option<(&'static str, &'static str)> {
     let description = match reason {
-        DenyReason::MalformedCredentials => return Some(("invalid_request", "the Authorization header is malformed")),
+        DenyReason::MalformedCredentials => {
+            return Some(("invalid_request", "the Authorization header is malformed"))
+        }
         DenyReason::UnknownToken => "the token is not recognised",
         DenyReason::TokenExpired => "the token has expired",
         DenyReason::TokenNotYetValid => "the token is not valid yet",
@@ -240,7 +252,13 @@ pub fn html_escape(text: &str) -> String {
     out
 }
 
-fn html_page(title: &str, status: StatusCode, heading: &str, message: &str, request_id: &str) -> String {
+fn html_page(
+    title: &str,
+    status: StatusCode,
+    heading: &str,
+    message: &str,
+    request_id: &str,
+) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -266,7 +284,10 @@ mod tests {
     fn format_follows_accept() {
         let mut h = HeaderMap::new();
         assert_eq!(Format::from_headers(&h), Format::Text);
-        h.insert(ACCEPT, HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
+        );
         assert_eq!(Format::from_headers(&h), Format::Html);
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
         assert_eq!(Format::from_headers(&h), Format::Json);
@@ -274,6 +295,9 @@ mod tests {
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

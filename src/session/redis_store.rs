@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::{SessionKey, SessionRecord, StoreError};
@@ -47,7 +47,15 @@ impl RedisStore {
         let manager = self
             .connection
             .get_or_try_init(|| async {
-                let connecting = ConnectionManager::new(self.client.clone());
+                // Few, short retries: a request waits at most OP_TIMEOUT anyway, and a long
+                // backoff would keep the store "down" for seconds after Redis is back.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(2)
+                    .set_factor(50)
+                    .set_max_delay(500)
+                    .set_connection_timeout(OP_TIMEOUT)
+                    .set_response_timeout(OP_TIMEOUT);
+                let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
                 match tokio::time::timeout(OP_TIMEOUT, connecting).await {
                     Ok(Ok(manager)) => Ok(manager),
                     Ok(Err(err)) => Err(StoreError::Redis(err.to_string())),
@@ -59,7 +67,10 @@ impl RedisStore {
     }
 
     /// Runs one command with the store's timeout (also used by the Redis failure counters).
-    pub async fn command<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
+    pub async fn command<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         let mut connection = self.connection().await?;
         match tokio::time::timeout(OP_TIMEOUT, command.query_async(&mut connection)).await {
             Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
@@ -68,8 +79,9 @@ impl RedisStore {
     }
 
     pub(super) async fn get(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
-        let fields: HashMap<String, String> =
-            self.command(redis::cmd("HGETALL").arg(redis_key(key))).await?;
+        let fields: HashMap<String, String> = self
+            .command(redis::cmd("HGETALL").arg(redis_key(key)))
+            .await?;
         let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
         let record = match (fields.get("u"), number("c"), number("s")) {
             (Some(user), Some(created_ms), Some(last_seen_ms)) => Some(SessionRecord {
@@ -112,9 +124,13 @@ impl RedisStore {
     }
 
     /// Runs a Lua script invocation with the store's timeout.
-    pub async fn script<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let mut connection = self.connection().await?;
-        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<T>(&mut connection)).await {
+        match tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<T>(&mut connection)).await
+        {
             Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
             Err(_) => Err(StoreError::Redis("timed out".to_string())),
         }

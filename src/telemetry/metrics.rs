@@ -1,6 +1,5 @@
 //! Prometheus metrics (prometheus-client), served as text on the admin listener.
 
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,29 +66,66 @@ pub struct Metrics {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+    [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ]
+    .into_iter()
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests by route and status class", requests.clone());
+        registry.register(
+            "requests",
+            "Requests by route and status class",
+            requests.clone(),
+        );
         let denials = Family::<ReasonLabels, Counter>::default();
-        registry.register("denials", "Refused or failed requests by reason", denials.clone());
-        let auth_seconds =
-            Family::<SchemeLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register("auth_duration_seconds", "Credential verification latency by scheme", auth_seconds.clone());
+        registry.register(
+            "denials",
+            "Refused or failed requests by reason",
+            denials.clone(),
+        );
+        let auth_seconds = Family::<SchemeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "auth_duration_seconds",
+            "Credential verification latency by scheme",
+            auth_seconds.clone(),
+        );
         let upstream_seconds = Histogram::new(latency_buckets());
-        registry.register("upstream_duration_seconds", "Time to upstream response headers", upstream_seconds.clone());
+        registry.register(
+            "upstream_duration_seconds",
+            "Time to upstream response headers",
+            upstream_seconds.clone(),
+        );
         let upstream_errors = Family::<ErrorKindLabels, Counter>::default();
-        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
         let open_connections = Gauge::default();
-        registry.register("open_connections", "Client connections open now", open_connections.clone());
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
         let live_sessions = Gauge::default();
-        registry.register("live_sessions", "Sessions held in the memory store", live_sessions.clone());
+        registry.register(
+            "live_sessions",
+            "Sessions held in the memory store",
+            live_sessions.clone(),
+        );
         let reloads = Family::<OutcomeLabels, Counter>::default();
-        registry.register("reloads", "Configuration reloads by outcome", reloads.clone());
+        registry.register(
+            "reloads",
+            "Configuration reloads by outcome",
+            reloads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -143,7 +179,13 @@ mod tests {
         let metrics = Metrics::default();
         metrics.record_request(Some("/admin"), 403, Some("user_not_allowed"));
         let text = metrics.render();
-        assert!(text.contains("portcullis_requests_total{route=\"/admin\",status=\"4xx\"} 1"), "{text}");
-        assert!(text.contains("portcullis_denials_total{reason=\"user_not_allowed\"} 1"), "{text}");
+        assert!(
+            text.contains("portcullis_requests_total{route=\"/admin\",status=\"4xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_denials_total{reason=\"user_not_allowed\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -9,9 +9,13 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+
+mod idle;
+
+use idle::{Activity, Tracked};
 
 use crate::app::{App, ConnInfo};
 use crate::config::ServerConfig;
@@ -42,7 +46,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = connection_builder(settings);
-    let graceful = Arc::new(GracefulShutdown::new());
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Vec::new();
@@ -51,8 +54,8 @@ pub async fn serve(
             listener,
             app: app.clone(),
             builder: builder.clone(),
-            graceful: graceful.clone(),
             permits: permits.clone(),
+            idle_timeout: settings.idle_timeout,
         };
         loops.push(tokio::spawn(accept.run(stop_rx.clone())));
     }
@@ -62,11 +65,11 @@ pub async fn serve(
     for accept_loop in loops {
         let _ = accept_loop.await;
     }
-    // The accept loops have ended and dropped their handles, so this one is the last; the
-    // connections hold watchers, not handles.
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
+    // Every open connection holds a permit: all of them back means all connections closed.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(settings.shutdown_grace, permits.acquire_many(all)).await;
+    match drained {
+        Ok(_) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(
             grace = ?settings.shutdown_grace,
             "grace period over: closing the remaining connections"
@@ -86,9 +89,9 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .keep_alive_interval(Some(settings.idle_timeout))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No keep-alive pings: they would count as activity and keep idle connections open;
+        // the idle timeout closes connections to peers that went away.
+        .max_concurrent_streams(H2_MAX_STREAMS);
     builder
 }
 
@@ -96,8 +99,8 @@ struct AcceptLoop {
     listener: TcpListener,
     app: Arc<App>,
     builder: auto::Builder<TokioExecutor>,
-    graceful: Arc<GracefulShutdown>,
     permits: Arc<Semaphore>,
+    idle_timeout: Duration,
 }
 
 impl AcceptLoop {
@@ -115,7 +118,7 @@ impl AcceptLoop {
                 _ = stop.changed() => return,
             };
             match accepted {
-                Ok((stream, peer)) => self.serve_connection(stream, peer, permit),
+                Ok((stream, peer)) => self.serve_connection(stream, peer, permit, stop.clone()),
                 Err(err) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %err, "accept failed");
@@ -125,7 +128,13 @@ impl AcceptLoop {
         }
     }
 
-    fn serve_connection(&self, stream: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn serve_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        stop: watch::Receiver<bool>,
+    ) {
         let _ = stream.set_nodelay(true);
         let app = self.app.clone();
         // The certificate comes from the config current at accept time, so a SIGHUP reload
@@ -133,20 +142,30 @@ impl AcceptLoop {
         let runtime = app.runtime();
         let tls = runtime.config.server.tls.clone();
         let handshake_timeout = runtime.config.server.header_read_timeout;
-        let builder = self.builder.clone();
-        let graceful = self.graceful.watcher();
+        let driver = Driver {
+            builder: self.builder.clone(),
+            stop,
+            idle_timeout: self.idle_timeout,
+        };
         app.metrics().open_connections.inc();
         tokio::spawn(async move {
+            let activity = Activity::new();
+            let stream = Tracked::new(stream, activity.clone());
             match tls {
-                None => serve_http(&builder, graceful, app.clone(), TokioIo::new(stream), ConnInfo { peer, tls: false }).await,
+                None => {
+                    let info = ConnInfo { peer, tls: false };
+                    driver.serve(app.clone(), stream, info, &activity).await;
+                }
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let info = ConnInfo { peer, tls: true };
-                            serve_http(&builder, graceful, app.clone(), TokioIo::new(tls_stream), info).await;
+                            driver.serve(app.clone(), tls_stream, info, &activity).await;
                         }
-                        Ok(Err(err)) => tracing::debug!(error = %err, client = %peer, "TLS handshake failed"),
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, client = %peer, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                     }
                 }
@@ -157,15 +176,54 @@ impl AcceptLoop {
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on an accepted (and, with TLS, decrypted) connection.
-async fn serve_http<I>(builder: &auto::Builder<TokioExecutor>, graceful: Watcher, app: Arc<App>, io: I, info: ConnInfo)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let service = service_fn(move |request| app.clone().handle(request, info));
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    if let Err(err) = graceful.watch(connection.into_owned()).await {
-        tracing::debug!(error = %err, client = %peer, "connection ended with an error");
+/// Drives one connection to its end: closes it gracefully on shutdown or once it has been
+/// idle (no byte read or written) for `idle_timeout`.
+struct Driver {
+    builder: auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+    idle_timeout: Duration,
+}
+
+impl Driver {
+    /// Serves HTTP/1.1 or HTTP/2 on an accepted (and, with TLS, decrypted) connection.
+    async fn serve<S>(mut self, app: Arc<App>, io: S, info: ConnInfo, activity: &Activity)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = info.peer;
+        let service = service_fn(move |request| app.clone().handle(request, info));
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // After a graceful close has begun, a peer that stays silent for another idle period
+        // (say, one that stopped reading our response) is dropped outright.
+        let mut closing = false;
+        let result = loop {
+            let idle_for = activity.idle_for();
+            let wake = self.idle_timeout.saturating_sub(idle_for);
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = self.stop.wait_for(|stop| *stop), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = tokio::time::sleep(wake) => {
+                    if activity.idle_for() < self.idle_timeout {
+                        continue;
+                    }
+                    if closing {
+                        tracing::debug!(client = %peer, "connection dropped: idle while closing");
+                        return;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    activity.touch();
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, client = %peer, "connection ended with an error");
+        }
     }
 }
