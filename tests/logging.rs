@@ -23,7 +23,14 @@ const FIELDS: &[&str] = &[
 ];
 
 /// (method, target, authorization, expected status, expected decision, expected reason)
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, u16, &'a str, Option<&'a str>);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_produces_exactly_one_access_event() {
