@@ -19,6 +19,7 @@ use crate::config::types::canonical_ip;
 use crate::config::{Config, Route, Scheme};
 use crate::error::{Denial, DenyReason, FailReason, Refusal};
 use crate::login::{self, EndedNotice};
+use crate::pages::Facts;
 use crate::policy::{self, Target, RESERVED_PREFIX};
 use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
@@ -257,11 +258,23 @@ impl App {
         ) {
             return login::redirect(StatusCode::FOUND, &login::login_url(&exchange.next, ended));
         }
+        let ended = session_reason.flatten();
+        let sign_in_url = (accepts_session && config.login.enabled)
+            .then(|| login::login_url(&exchange.next, ended));
+        let user = exchange.record.user.as_deref();
         let ctx = RefusalContext {
             route: exchange.route.as_deref(),
             format: exchange.format,
             request_id: &exchange.request_id,
-            title: &config.pages.title,
+            pages: &config.pages,
+            facts: Facts {
+                user,
+                method: exchange.record.method.as_str(),
+                idle: self.sessions.idle_timeout(),
+                absolute: self.sessions.absolute_timeout(),
+            },
+            sign_in_url,
+            sign_out: exchange.record.auth_method == Some(Scheme::Session.as_str()),
         };
         response::refusal(refusal, &ctx)
     }
@@ -415,6 +428,7 @@ impl App {
                 limiter: &self.limiter,
                 client_ip: exchange.record.client_ip,
             },
+            request_id: exchange.request_id.to_str().unwrap_or_default(),
         };
         let outcome = endpoints.serve(path, request).await.unwrap_or_else(|| {
             Err(Denial::new(

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod login;
+pub mod pages;
 pub mod path;
 pub mod policy;
 pub mod proxy;

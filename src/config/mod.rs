@@ -36,8 +36,8 @@ pub struct Config {
     pub session: SessionSection,
     /// `[login]`
     pub login: LoginSection,
-    /// `[pages]`
-    pub pages: PagesSection,
+    /// `[pages]`: the title and the page templates, checked at load.
+    pub pages: Arc<crate::pages::Pages>,
     /// `[rate_limit]`
     pub rate_limit: RateLimitSection,
     /// Users from `[[users]]` and `[users_file]`.

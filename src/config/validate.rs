@@ -11,6 +11,7 @@ use super::{
     Config, IdentityConfig, Route, ServerConfig, StaticToken, UpstreamConfig, User, UserDb,
 };
 use crate::auth::password::{parse_htpasswd, validate_user_name};
+use crate::pages::Pages;
 use crate::policy::RouteTable;
 use crate::response::challenge;
 
@@ -62,6 +63,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
         );
     }
     let jwt = jwt(&ctx, &file, &mut warnings)?;
+    let pages = pages(&ctx, &file)?;
     let uses_sessions = routes.iter().any(|r| r.accepts(Scheme::Session));
     if uses_sessions && !file.login.enabled {
         warnings.push("routes accept `session` but [login] enabled = false: sessions can then only start from a browser's Basic login".to_string());
@@ -84,7 +86,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
         },
         session: file.session,
         login: file.login,
-        pages: file.pages,
+        pages,
         rate_limit: file.rate_limit,
         users,
         tokens,
@@ -92,6 +94,29 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
         routes: RouteTable::new(routes),
         warnings,
     })
+}
+
+/// `[pages]`: the built-in pages, or those in `dir` (relative to the config file) replacing
+/// them, each template checked now so a broken one fails `check` and a reload.
+fn pages(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Arc<Pages>, ConfigError> {
+    let title = &file.pages.title;
+    let dir = file.pages.dir.trim();
+    if dir.is_empty() {
+        return Ok(Arc::new(Pages::built_in(title)));
+    }
+    let resolved = ctx.resolve(dir);
+    Pages::load(title, &resolved)
+        .map(Arc::new)
+        .map_err(|e| ConfigError {
+            position: e.line.map(|line| (line, 1)),
+            key: Some("pages.dir".to_string()),
+            message: format!(
+                "{} (a page template from `pages.dir` in {})",
+                e.message,
+                ctx.path.display()
+            ),
+            file: e.file,
+        })
 }
 
 /// `[jwt]`: validated and its keys loaded by `auth::jwt`, with errors pointing into this file.

@@ -55,6 +55,8 @@ pub struct Endpoints<'a> {
     pub sessions: &'a Sessions,
     /// Password checks, with the same brute-force limits as Basic.
     pub auth: AuthContext<'a>,
+    /// This request's id, shown on the pages.
+    pub request_id: &'a str,
 }
 
 impl Endpoints<'_> {
@@ -94,14 +96,15 @@ impl Endpoints<'_> {
             }
         }
         let page = LoginPage {
-            title: &self.config.pages.title,
             next: &next,
             error: None,
             ended,
             idle: self.sessions.idle_timeout(),
             absolute: self.sessions.absolute_timeout(),
+            request_id: self.request_id,
         };
-        Outcome::ok(html(StatusCode::OK, page.render()), None)
+        let body = page.render(&self.config.pages, StatusCode::OK.as_u16());
+        Outcome::ok(html(StatusCode::OK, body), None)
     }
 
     async fn login(&self, request: Request<Incoming>) -> Result<Outcome, Refusal> {
@@ -119,7 +122,6 @@ impl Endpoints<'_> {
             // A lockout is answered as such (429 with Retry-After), not as a wrong password.
             Err(Refusal::Deny(denial)) if denial.reason != DenyReason::RateLimited => {
                 let page = LoginPage {
-                    title: &self.config.pages.title,
                     next: &next,
                     error: Some(
                         "The user name or password was not accepted. Check both and try again.",
@@ -127,8 +129,10 @@ impl Endpoints<'_> {
                     ended: None,
                     idle: self.sessions.idle_timeout(),
                     absolute: self.sessions.absolute_timeout(),
+                    request_id: self.request_id,
                 };
-                let response = html(StatusCode::UNAUTHORIZED, page.render());
+                let status = StatusCode::UNAUTHORIZED;
+                let response = html(status, page.render(&self.config.pages, status.as_u16()));
                 return Ok(Outcome {
                     response,
                     refusal: Some(Refusal::Deny(Denial {

@@ -1,8 +1,8 @@
-//! The login form: one small self-contained page (inline CSS, no script, no external assets).
+//! The login form's content; the page itself is the `login.html` template (src/pages).
 
 use std::time::Duration;
 
-use crate::response::html_escape;
+use crate::pages::{self, Page, PageVars, Pages};
 
 /// Why the person is being asked to sign in again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,6 @@ impl EndedNotice {
 
 /// Everything the login page shows.
 pub struct LoginPage<'a> {
-    /// `[pages] title`.
-    pub title: &'a str,
     /// Where to go after signing in (already checked to be a relative path).
     pub next: &'a str,
     /// A generic error after a failed attempt.
@@ -46,104 +44,63 @@ pub struct LoginPage<'a> {
     pub idle: Duration,
     /// The absolute timeout, for the notice.
     pub absolute: Duration,
-}
-
-/// "15 minutes", "1 hour", "12 hours", "45 seconds".
-pub fn plain_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
-        (secs / 3600, "hour")
-    } else if secs >= 60 && secs.is_multiple_of(60) {
-        (secs / 60, "minute")
-    } else {
-        (secs.max(1), "second")
-    };
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+    /// This request's id, shown on the page.
+    pub request_id: &'a str,
 }
 
 impl LoginPage<'_> {
-    /// The notice line, if any.
-    fn notice(&self) -> Option<(String, &'static str)> {
-        if let Some(error) = self.error {
-            return Some((error.to_string(), "error"));
+    /// Why the person is asked to sign in again, if an earlier session ended.
+    fn notice(&self) -> String {
+        match self.ended {
+            Some(EndedNotice::Idle) => pages::idle_ended(self.idle),
+            Some(EndedNotice::Absolute) => pages::absolute_ended(self.absolute),
+            None => String::new(),
         }
-        let text = match self.ended? {
-            EndedNotice::Idle => format!(
-                "Your session ended after {} of inactivity. Sign in again to continue.",
-                plain_duration(self.idle)
-            ),
-            EndedNotice::Absolute => format!(
-                "Your session ended after the maximum of {}. Sign in again to continue.",
-                plain_duration(self.absolute)
-            ),
-        };
-        Some((text, "notice"))
     }
 
-    /// The whole HTML document.
-    pub fn render(&self) -> String {
-        let notice = self
-            .notice()
-            .map(|(text, class)| {
-                format!(
-                    "<p class=\"{class}\" role=\"alert\">{}</p>",
-                    html_escape(&text)
-                )
-            })
-            .unwrap_or_default();
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>Sign in · {title}</title><style>{CSS}</style></head>\
-<body><main><p class=\"brand\">{title}</p><h1>Sign in</h1>{notice}\
-<form method=\"post\" action=\"/.portcullis/login\">\
-<input type=\"hidden\" name=\"next\" value=\"{next}\">\
-<label for=\"username\">User name</label>\
-<input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required autofocus>\
-<label for=\"password\">Password</label>\
-<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-<button type=\"submit\">Sign in</button></form></main></body></html>\n",
-            title = html_escape(self.title),
-            next = html_escape(self.next),
-        )
+    /// The whole HTML document, from the `login.html` template.
+    pub fn render(&self, pages: &Pages, status: u16) -> String {
+        let vars = PageVars {
+            title: pages.title().to_string(),
+            status,
+            heading: if self.ended.is_some() {
+                "Your session has ended".to_string()
+            } else {
+                "Sign in".to_string()
+            },
+            message: String::new(),
+            request_id: self.request_id.to_string(),
+            login_url: super::LOGIN_PATH.to_string(),
+            logout_url: super::LOGOUT_PATH.to_string(),
+            next: self.next.to_string(),
+            error: self.error.unwrap_or_default().to_string(),
+            notice: self.notice(),
+            idle_timeout: pages::plain_duration(self.idle),
+            absolute_timeout: pages::plain_duration(self.absolute),
+            ..PageVars::default()
+        };
+        pages.render(Page::Login, &vars)
     }
 }
-
-const CSS: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
-main{max-width:24rem;margin:10vh auto;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002}\
-h1{font-size:1.4rem;margin:0 0 1rem}.brand{color:#5a6270;margin:0 0 .25rem}\
-label{display:block;font-weight:600;margin:.75rem 0 .25rem}\
-input{box-sizing:border-box;width:100%;padding:.6rem;font:inherit;border:1px solid #9aa1ad;border-radius:6px}\
-input:focus,button:focus{outline:3px solid #2b6cdf;outline-offset:1px}\
-button{margin-top:1.25rem;width:100%;padding:.7rem;font:inherit;font-weight:600;color:#fff;background:#1f5fcf;border:0;border-radius:6px;cursor:pointer}\
-.error{background:#fdecea;color:#8a1c12;padding:.6rem .8rem;border-radius:6px}\
-.notice{background:#eef4ff;color:#1d3a7a;padding:.6rem .8rem;border-radius:6px}";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_plainly() {
-        assert_eq!(plain_duration(Duration::from_secs(1800)), "30 minutes");
-        assert_eq!(plain_duration(Duration::from_secs(3600)), "1 hour");
-        assert_eq!(plain_duration(Duration::from_secs(43_200)), "12 hours");
-        assert_eq!(plain_duration(Duration::from_secs(2)), "2 seconds");
-    }
-
-    #[test]
-    fn next_is_escaped_into_the_form() {
+    fn next_is_escaped_into_the_form_and_the_notice_is_plain() {
         let page = LoginPage {
-            title: "<T>",
             next: "/\"><script>",
             error: None,
             ended: Some(EndedNotice::Idle),
             idle: Duration::from_secs(60),
             absolute: Duration::from_secs(3600),
+            request_id: "r1",
         };
-        let html = page.render();
+        let html = page.render(&Pages::built_in("<T>"), 200);
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;T&gt;"));
         assert!(html.contains("after 1 minute of inactivity"));
+        assert!(html.contains("<label for=\"password\">"));
     }
 }

@@ -12,6 +12,8 @@ use http_body_util::Full;
 
 use crate::config::{Route, Scheme};
 use crate::error::{DenyReason, FailReason, Refusal};
+use crate::login::{LOGIN_PATH, LOGOUT_PATH};
+use crate::pages::{self, Described, Facts, PageVars, Pages};
 
 /// The body type of every response the proxy sends: the upstream's streamed body, or one of
 /// ours.
@@ -58,26 +60,37 @@ pub struct RefusalContext<'a> {
     pub format: Format,
     /// The request id, already validated (shown in the body).
     pub request_id: &'a HeaderValue,
-    /// `[pages] title`.
-    pub title: &'a str,
+    /// The configured page templates and title.
+    pub pages: &'a Pages,
+    /// What the wording may mention.
+    pub facts: Facts<'a>,
+    /// Where to sign in, when the route accepts sessions and the login form is on.
+    pub sign_in_url: Option<String>,
+    /// Whether a sign-out button makes sense (the caller has a session).
+    pub sign_out: bool,
 }
 
 /// Builds the whole response for a refusal.
 pub fn refusal(refusal: &Refusal, ctx: &RefusalContext<'_>) -> Response<Body> {
     let status = refusal.status();
-    let (heading, message) = wording(refusal);
+    let described = pages::describe(refusal, &ctx.facts);
     let request_id = ctx.request_id.to_str().unwrap_or("-");
     let (content_type, body) = match ctx.format {
         Format::Html => (
             "text/html; charset=utf-8",
-            html_page(ctx.title, status, heading, message, request_id),
+            html_body(refusal, &described, ctx, status, request_id),
         ),
-        Format::Json => ("application/json", json_body(refusal, heading, request_id)),
+        Format::Json => (
+            "application/json",
+            json_body(refusal, described.heading, request_id),
+        ),
         Format::Text => (
             "text/plain; charset=utf-8",
             format!(
-                "{} {heading}: {message} (request id {request_id})\n",
-                status.as_u16()
+                "{} {}: {} (request id {request_id})\n",
+                status.as_u16(),
+                described.heading,
+                described.message
             ),
         ),
     };
@@ -89,6 +102,43 @@ pub fn refusal(refusal: &Refusal, ctx: &RefusalContext<'_>) -> Response<Body> {
     headers.insert(REQUEST_ID, ctx.request_id.clone());
     add_refusal_headers(headers, refusal, ctx.route);
     response
+}
+
+fn html_body(
+    refusal: &Refusal,
+    described: &Described,
+    ctx: &RefusalContext<'_>,
+    status: StatusCode,
+    request_id: &str,
+) -> String {
+    let allow = ctx
+        .route
+        .and_then(|r| r.allow_header.as_ref())
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let retry_after = match refusal {
+        Refusal::Deny(d) => d.retry_after.unwrap_or(0),
+        Refusal::Fail(_) => 0,
+    };
+    let vars = PageVars {
+        title: ctx.pages.title().to_string(),
+        status: status.as_u16(),
+        heading: described.heading.to_string(),
+        message: described.message.clone(),
+        request_id: request_id.to_string(),
+        user: ctx.facts.user.unwrap_or_default().to_string(),
+        sign_in_url: ctx.sign_in_url.clone().unwrap_or_default(),
+        sign_out: ctx.sign_out,
+        login_url: LOGIN_PATH.to_string(),
+        logout_url: LOGOUT_PATH.to_string(),
+        retry_after_seconds: retry_after,
+        allow: allow.to_string(),
+        method: ctx.facts.method.to_string(),
+        idle_timeout: pages::plain_duration(ctx.facts.idle),
+        absolute_timeout: pages::plain_duration(ctx.facts.absolute),
+        ..PageVars::default()
+    };
+    ctx.pages.render(described.page, &vars)
 }
 
 /// Challenges, `Allow` and `Retry-After`, as SPEC §4 asks for each situation.
@@ -175,56 +225,6 @@ fn add_challenges(headers: &mut HeaderMap, route: &Route, bearer: Option<(&str, 
     }
 }
 
-/// A heading and a sentence for a person; generic wherever detail would help an attacker.
-fn wording(refusal: &Refusal) -> (&'static str, &'static str) {
-    match refusal {
-        Refusal::Deny(d) => match d.reason {
-            DenyReason::MissingCredentials => ("Sign-in required", "This page needs you to sign in."),
-            DenyReason::MalformedCredentials => (
-                "Credentials not understood",
-                "The credentials sent with this request could not be read. Sign in again.",
-            ),
-            DenyReason::UnknownUser | DenyReason::BadPassword => (
-                "Sign-in failed",
-                "The user name or password was not accepted. Check both and try again.",
-            ),
-            DenyReason::UnknownToken
-            | DenyReason::TokenExpired
-            | DenyReason::TokenNotYetValid
-            | DenyReason::BadSignature
-            | DenyReason::BadIssuer
-            | DenyReason::BadAudience
-            | DenyReason::DisallowedAlgorithm => (
-                "Token not accepted",
-                "The access token sent with this request was not accepted.",
-            ),
-            DenyReason::SessionUnknown
-            | DenyReason::SessionIdleTimeout
-            | DenyReason::SessionAbsoluteTimeout => ("Session ended", "Your session has ended. Sign in again."),
-            DenyReason::UserNotAllowed | DenyReason::InsufficientScope => (
-                "Access denied",
-                "You are signed in, but this area is limited. Ask the site's administrator for access.",
-            ),
-            DenyReason::MethodNotAllowed => ("Method not allowed", "This kind of request is not allowed here."),
-            DenyReason::RateLimited => ("Too many attempts", "Too many failed attempts. Wait a while, then try again."),
-            DenyReason::AmbiguousPath => (
-                "Bad address",
-                "The address of this request could be read in more than one way, so it was refused.",
-            ),
-            DenyReason::NoRoute => ("Not served here", "This address is not served here."),
-        },
-        Refusal::Fail(f) => match f.reason {
-            FailReason::UpstreamUnreachable | FailReason::UpstreamTimeout => (
-                "Site not answering",
-                "The site behind this proxy is not answering. Try again shortly.",
-            ),
-            FailReason::StoreUnavailable | FailReason::Overloaded => {
-                ("Temporarily unavailable", "The service is busy. Try again shortly.")
-            }
-        },
-    }
-}
-
 fn json_body(refusal: &Refusal, heading: &str, request_id: &str) -> String {
     let body = serde_json::json!({
         "error": heading,
@@ -234,46 +234,6 @@ fn json_body(refusal: &Refusal, heading: &str, request_id: &str) -> String {
     let mut text = body.to_string();
     text.push('\n');
     text
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-fn html_page(
-    title: &str,
-    status: StatusCode,
-    heading: &str,
-    message: &str,
-    request_id: &str,
-) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{heading} · {title}</title>\
-<style>body{{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}}\
-main{{max-width:32rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 1px 4px #0002}}\
-h1{{font-size:1.4rem;margin:0 0 .5rem}}.id{{color:#5a6270;font-size:.85rem;margin-top:1.5rem}}</style>\
-</head><body><main><p>{title}</p><h1>{heading}</h1><p>{message}</p>\
-<p class=\"id\">Error {code} · request id <code>{request_id}</code></p></main></body></html>\n",
-        title = html_escape(title),
-        heading = html_escape(heading),
-        message = html_escape(message),
-        code = status.as_u16(),
-        request_id = html_escape(request_id),
-    )
 }
 
 #[cfg(test)]
@@ -291,13 +251,5 @@ mod tests {
         assert_eq!(Format::from_headers(&h), Format::Html);
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
         assert_eq!(Format::from_headers(&h), Format::Json);
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            html_escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 }
