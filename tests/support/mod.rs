@@ -705,7 +705,11 @@ impl Proxy {
         let config_path = dir.path().join("portcullis.toml");
         std::fs::write(&config_path, config.text()).unwrap();
         for (name, contents) in &config.files {
-            std::fs::write(dir.path().join(name), contents).unwrap();
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(path, contents).unwrap();
         }
         let mut command = Command::new(binary());
         if !config.plain {
