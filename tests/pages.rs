@@ -465,3 +465,38 @@ async fn operator_templates_replace_pages_and_are_checked() {
     assert!(err.contains("pages.dir"), "{err}");
     assert!(err.contains("undefined"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_session_store_is_a_plain_busy_page() {
+    let upstream = Upstream::start().await;
+    let dead = dead_address().await;
+    let body = format!(
+        "{}\n[session]\ncookie_secure = false\nstore = \"redis\"\nredis_url = \"redis://{dead}/0\"\n\n\
+         [pages]\ntitle = \"Test Corp\"\n{ROUTES}",
+        principals()
+    );
+    let proxy = Proxy::start(&upstream, &body).await;
+    let cookie = format!("{COOKIE}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let response = proxy.get("/doc", &[HTML, ("cookie", &cookie)]).await;
+    let page = assert_page(&response, 503, "Temporarily unavailable");
+    assert!(page.contains("Try again in a few moments."), "{page}");
+    assert!(
+        !page.to_lowercase().contains("redis") && !page.contains(&dead.to_string()),
+        "no internal detail: {page}"
+    );
+    assert_eq!(
+        response.header("location"),
+        None,
+        "no redirect loop to the login page"
+    );
+    assert_json(
+        &proxy.get("/doc", &[JSON, ("cookie", &cookie)]).await,
+        503,
+        "store_unavailable",
+    );
+    // Basic keeps working without the store.
+    let response = proxy
+        .get("/basic/x", &[("authorization", &basic("alice", ALICE_PW))])
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}
