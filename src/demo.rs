@@ -94,9 +94,28 @@ name = "demo-bot"
 token_sha256 = "{token_sha256}"
 scopes = ["read"]
 
+[session]
+# The demo is plain HTTP on loopback; never turn this off in production.
+cookie_secure = false
+idle_timeout = "5m"
+
+[pages]
+title = "portcullis demo"
+
 [[route]]
 path = "/public"
 auth = []
+
+[[route]]
+path = "/app"
+auth = ["session", "basic"]
+realm = "Demo app"
+
+[[route]]
+path = "/app/admin"
+auth = ["session", "basic"]
+realm = "Demo app"
+allow_groups = ["admins"]
 
 [[route]]
 path = "/admin"
@@ -130,6 +149,7 @@ pub fn banner(listen: SocketAddr) -> String {
          \x20 curl -i -u {bob}:{bob_pw} {base}/admin             # 403 (logged as user_not_allowed)\n\
          \x20 curl -i -H 'Authorization: Bearer {DEMO_TOKEN}' {base}/\n\
          \x20 curl -i '{base}/public/..%2fadmin'               # 400 ambiguous_path\n\n\
+         in a browser: open {base}/app and sign in ({bob} is refused on {base}/app/admin)\n\n\
          Each request writes one access log line below; denials carry a reason. Ctrl-C stops.\n"
     )
 }
