@@ -349,4 +349,23 @@ mod tests {
         assert!(m.users.len() <= MAX_TRACKED + 1);
         assert!(m.locked_ips.lock().len() <= MAX_TRACKED);
     }
+
+    #[tokio::test]
+    async fn lockout_maps_stay_bounded_under_a_flood_of_locked_keys() {
+        // A limit of one: every failure locks its IP and its user name.
+        let limiter = FailureLimiter::new(&config(1), None);
+        // (Past the bound, each new lock sweeps the whole map: keep the overflow small.)
+        for n in 0..(MAX_TRACKED as u32 + 100) {
+            let ip = IpAddr::from(n.to_be_bytes());
+            limiter.record_failure(ip, Some(&format!("user{n}"))).await;
+        }
+        let Backend::Memory(m) = &limiter.backend else {
+            unreachable!()
+        };
+        assert_eq!(m.locked_ips.lock().len(), MAX_TRACKED);
+        assert_eq!(m.locked_users.lock().len(), MAX_TRACKED);
+        // The locks taken before the maps filled are still in force.
+        let first = IpAddr::from(0u32.to_be_bytes());
+        assert!(limiter.check(first, Some("user0")).await.is_err());
+    }
 }

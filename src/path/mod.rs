@@ -417,14 +417,17 @@ fn join_segments(segments: &[&str], trailing_slash: bool) -> String {
 
 /// Removes `;` parameters from every segment of an already normalised path and
 /// merges the empty segments this leaves (`/;x/admin` -> `/admin`), because
-/// many upstreams ignore parameters when they route. Encoded `:`, `@` and
-/// sub-delimiters are also decoded (see [`decode_match_equivalents`]).
+/// many upstreams ignore parameters when they route. Trailing dots and spaces are
+/// removed from each segment too (`/admin.`, `/admin%20`, `/admin..;x` -> `/admin`),
+/// because Windows-style upstreams (IIS, and anything serving files from NTFS) drop
+/// them when they open the file. Encoded `:`, `@` and sub-delimiters are also decoded
+/// (see [`decode_match_equivalents`]).
 fn matching_form(forward: &str) -> String {
     let pieces = forward.strip_prefix('/').unwrap_or(forward).split('/');
     let mut kept: Vec<String> = Vec::new();
     let mut trailing_slash = false;
     for piece in pieces {
-        let without_params = piece.split(';').next().unwrap_or("");
+        let without_params = trim_trailing_dots_and_spaces(piece.split(';').next().unwrap_or(""));
         trailing_slash = without_params.is_empty();
         if !trailing_slash {
             kept.push(decode_match_equivalents(without_params));
@@ -432,6 +435,21 @@ fn matching_form(forward: &str) -> String {
     }
     let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
     join_segments(&kept, trailing_slash)
+}
+
+/// `admin.%20.` -> `admin`. Segments made only of dots and spaces never get here: they
+/// are resolved (`.`, `..`) or refused as ambiguous (`...`, `%20`) first.
+fn trim_trailing_dots_and_spaces(segment: &str) -> &str {
+    let mut rest = segment;
+    loop {
+        if let Some(shorter) = rest.strip_suffix('.') {
+            rest = shorter;
+        } else if let Some(shorter) = rest.strip_suffix("%20") {
+            rest = shorter;
+        } else {
+            return rest;
+        }
+    }
 }
 
 /// Decodes `%XX` escapes of `:`, `@` and the sub-delimiters other than `;`.
@@ -519,6 +537,13 @@ pub fn canonical_route_path(p: &str) -> Result<String, String> {
         if is_dot_segment(segment) {
             return Err(format!(
                 "route path {p:?} contains a '{segment}' segment; expected a normal path"
+            ));
+        }
+        if segment.ends_with('.') {
+            return Err(format!(
+                "route path {p:?} has a segment ending in '.' ({segment:?}); requests are \
+                 matched without trailing dots (Windows-style upstreams ignore them), so \
+                 expected the route without them"
             ));
         }
         segments.push(encode_route_segment(segment));
@@ -616,6 +641,14 @@ mod tests {
         ("/admin%5C..%5C", Err(EncodedBackslash)),
         // `;` parameters.
         ("/admin;jsessionid=1", Ok(("/admin;jsessionid=1", "/admin"))),
+        // Trailing dots and spaces: Windows-style upstreams drop them, so matching does too.
+        ("/admin.", Ok(("/admin.", "/admin"))),
+        ("/admin%2e", Ok(("/admin.", "/admin"))),
+        ("/admin%20", Ok(("/admin%20", "/admin"))),
+        ("/admin.%20./x", Ok(("/admin.%20./x", "/admin/x"))),
+        ("/admin..;x/y", Ok(("/admin..;x/y", "/admin/y"))),
+        ("/a.b.", Ok(("/a.b.", "/a.b"))),
+        ("/%20admin", Ok(("/%20admin", "/%20admin"))),
         ("/..;/admin", Err(DotSegmentParameter)),
         ("/public/..;/admin", Err(DotSegmentParameter)),
         ("/.;/admin", Err(DotSegmentParameter)),
@@ -710,7 +743,7 @@ mod tests {
         ("/admin/%20%20;x", Err(DotLikeSegment)),
         (
             "/Washington,_D.C.",
-            Ok(("/Washington,_D.C.", "/Washington,_D.C.")),
+            Ok(("/Washington,_D.C.", "/Washington,_D.C")),
         ),
         ("/.hidden/..x", Ok(("/.hidden/..x", "/.hidden/..x"))),
         // Fragments and query markers.
@@ -932,6 +965,10 @@ mod tests {
             "/a\u{FF0F}b",
             "/admin/*",
             "*",
+            // Requests are matched without trailing dots: such a route could never match.
+            "/admin.",
+            "/v1./x",
+            "/a.../b",
         ];
         for input in bad {
             let err = canonical_route_path(input).expect_err(input);
@@ -1322,12 +1359,18 @@ mod proptests {
         out
     }
 
-    /// How an upstream that decodes once, drops `;` parameters and merges slashes reads a
-    /// forwarded path, as decoded segments.
+    /// How an upstream that decodes once, drops `;` parameters, trims trailing dots and
+    /// spaces (Windows) and merges slashes reads a forwarded path, as decoded segments.
     fn upstream_reading(forward: &str) -> Vec<Vec<u8>> {
         decode_all(forward)
             .split(|&b| b == b'/')
-            .map(|segment| segment.split(|&b| b == b';').next().unwrap_or(&[]).to_vec())
+            .map(|segment| {
+                let mut segment = segment.split(|&b| b == b';').next().unwrap_or(&[]);
+                while let [rest @ .., b'.' | b' '] = segment {
+                    segment = rest;
+                }
+                segment.to_vec()
+            })
             .filter(|segment| !segment.is_empty())
             .collect()
     }

@@ -272,25 +272,34 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Drops `name` from every `Cookie` header, removing headers left empty.
+///
+/// Works on the raw bytes, so a header that also carries non-ASCII (obs-text) bytes is cleaned
+/// too, and compares names trimmed of whitespace, the way upstream cookie parsers (Go's
+/// net/http, Node, Python) read `portcullis_session =…`: the session id never reaches the
+/// upstream in any spelling they would accept.
 pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     let mut kept: Vec<HeaderValue> = Vec::new();
     let mut changed = false;
     for value in headers.get_all(COOKIE) {
-        let Ok(text) = value.to_str() else {
-            kept.push(value.clone());
-            continue;
-        };
-        let pairs: Vec<&str> = text
-            .split(';')
-            .map(str::trim)
-            .filter(|pair| !pair.is_empty())
-            .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != name)
-            .collect();
-        let rebuilt = pairs.join("; ");
-        if rebuilt.len() != text.trim().len() {
-            changed = true;
+        let mut pairs: Vec<&[u8]> = Vec::new();
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() {
+                continue;
+            }
+            let pair_name = pair
+                .iter()
+                .position(|&b| b == b'=')
+                .map_or(pair, |at| &pair[..at]);
+            if pair_name.trim_ascii() == name.as_bytes() {
+                changed = true;
+            } else {
+                pairs.push(pair);
+            }
         }
-        if let Ok(v) = HeaderValue::from_str(&rebuilt) {
+        let rebuilt = pairs.join(&b"; "[..]);
+        // A subset of a valid value joined by "; " is valid; never keep the original instead.
+        if let Ok(v) = HeaderValue::from_bytes(&rebuilt) {
             if !rebuilt.is_empty() {
                 kept.push(v);
             }
@@ -321,6 +330,40 @@ mod tests {
         strip_cookie(&mut h, "portcullis_session");
         let all: Vec<_> = h.get_all(COOKIE).iter().collect();
         assert_eq!(all, vec!["a=1; b=2"]);
+    }
+
+    /// Found by the `session_cookie` fuzz target: a header with obs-text bytes was kept whole,
+    /// session cookie included; one whose rebuilt length happened to equal the original's was
+    /// not rewritten; and a name with a space before `=` (which Go, Node and Python still read
+    /// as our cookie) was not recognised. The upstream must never get the session id.
+    #[test]
+    fn the_session_cookie_is_stripped_in_every_spelling() {
+        let id = "A".repeat(43);
+        let cases: Vec<Vec<u8>> = vec![
+            b"portcullis_session;;;;;\xff\xff".to_vec(),
+            format!("portcullis_session={id}; x=caf\u{e9}").into_bytes(),
+            // 64 bare pairs + our cookie: "a; a; …" is exactly as long as "a;a;…" + ours.
+            format!("{}portcullis_session={id}", "a;".repeat(64)).into_bytes(),
+            format!("x=1; portcullis_session ={id}").into_bytes(),
+            format!("portcullis_session\t={id};y=2").into_bytes(),
+        ];
+        for raw in cases {
+            let mut h = HeaderMap::new();
+            h.append(COOKIE, HeaderValue::from_bytes(&raw).unwrap());
+            strip_cookie(&mut h, "portcullis_session");
+            for value in h.get_all(COOKIE) {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                assert!(!text.contains("portcullis_session"), "{raw:?} -> {text:?}");
+            }
+        }
+        // Other cookies survive, non-ASCII bytes included.
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"a=\xe9; portcullis_session=x;b=2").unwrap(),
+        );
+        strip_cookie(&mut h, "portcullis_session");
+        assert_eq!(h.get(COOKIE).unwrap().as_bytes(), b"a=\xe9; b=2");
     }
 
     #[test]
