@@ -175,6 +175,7 @@ impl App {
             &config.server.trusted_proxies,
         );
         let request_id = request_id(request.headers(), peer_trusted);
+        let format = Format::from_headers(request.headers());
         let mut exchange = Exchange {
             record: AccessRecord {
                 started: Instant::now(),
@@ -190,10 +191,10 @@ impl App {
                 tls: conn.tls,
             },
             route: None,
-            format: Format::from_headers(request.headers()),
+            format,
             request_id,
             navigation: matches!(*request.method(), Method::GET | Method::HEAD)
-                && Format::from_headers(request.headers()) == Format::Html,
+                && format == Format::Html,
             next: String::new(),
             set_cookie: None,
             logged_refusal: None,

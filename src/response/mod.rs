@@ -36,20 +36,22 @@ pub enum Format {
 impl Format {
     /// Chooses from the `Accept` header.
     pub fn from_headers(headers: &HeaderMap) -> Format {
-        let accept = headers
-            .get_all(ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
-        if accept.contains("text/html") {
-            Format::Html
-        } else if accept.contains("application/json") || accept.contains("+json") {
-            Format::Json
-        } else {
-            Format::Text
+        let mut format = Format::Text;
+        for value in headers.get_all(ACCEPT) {
+            let accept = value.as_bytes();
+            if contains(accept, b"text/html") {
+                return Format::Html;
+            }
+            if contains(accept, b"application/json") || contains(accept, b"+json") {
+                format = Format::Json;
+            }
         }
+        format
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// What a refusal response needs to know about its request.
