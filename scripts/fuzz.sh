@@ -10,7 +10,7 @@
 # Needs a nightly toolchain (`rustup toolchain install nightly`); installs cargo-fuzz when it
 # is missing. Corpora grow in fuzz/corpus/<target> (seeded from fuzz/seeds/<target>); a crash
 # is saved in fuzz/artifacts/<target>/ and reproduced with
-#   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/crash-...
+#   (cd fuzz && cargo +nightly fuzz run -O <target> artifacts/<target>/crash-...)
 # Exits non-zero when any target crashed (or failed to build); prints a summary per target.
 set -uo pipefail
 
@@ -37,25 +37,29 @@ else
 fi
 
 echo "fuzz.sh: building ${TARGETS[*]}" >&2
-(cd fuzz && cargo "+$TOOLCHAIN" fuzz build -O) || exit 2
+(cd fuzz && cargo "+$TOOLCHAIN" fuzz build -O) >&2 || exit 2
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0}"
+# Run the built binaries directly: `cargo fuzz run` would rebuild whenever a source file's
+# timestamp changes, which makes the time budget meaningless on a tree being edited.
+BIN_DIR="$ROOT/fuzz/target/$(rustc "+$TOOLCHAIN" -vV | sed -n 's/^host: //p')/release"
 
 failed=()
 summary=()
 for target in "${TARGETS[@]}"; do
     corpus="$ROOT/fuzz/corpus/$target"
     seeds="$ROOT/fuzz/seeds/$target"
-    mkdir -p "$corpus"
+    artifacts="$ROOT/fuzz/artifacts/$target"
+    mkdir -p "$corpus" "$artifacts"
     dirs=("$corpus")
     [ -d "$seeds" ] && dirs+=("$seeds")
     log="$ROOT/fuzz/artifacts/$target.log"
-    mkdir -p "$ROOT/fuzz/artifacts/$target"
     parallel=""
     [ "$JOBS" -gt 1 ] && parallel="-fork=$JOBS"
     echo "fuzz.sh: $target for ${TIME}s" >&2
     start=$(date +%s)
-    # shellcheck disable=SC2086 # EXTRA is a list of flags
-    (cd fuzz && cargo "+$TOOLCHAIN" fuzz run -O "$target" "${dirs[@]}" -- \
-        -max_total_time="$TIME" -print_final_stats=1 $parallel $EXTRA) >"$log" 2>&1
+    # shellcheck disable=SC2086 # EXTRA and parallel are lists of flags
+    "$BIN_DIR/$target" -artifact_prefix="$artifacts/" -max_total_time="$TIME" \
+        -print_final_stats=1 $parallel $EXTRA "${dirs[@]}" >"$log" 2>&1
     status=$?
     took=$(($(date +%s) - start))
     execs=$(awk '/stat::number_of_executed_units:/ { n += $2 } END { if (n) print n }' "$log")
