@@ -148,12 +148,7 @@ impl PasswordVerifier {
 }
 
 fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
-    // Lowest priority: a flood of wrong passwords must queue behind request handling.
-    if let Err(err) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::debug!(error = ?err, "cannot lower the hashing thread's priority");
-    }
+    lower_priority();
     for job in queue {
         // A caller that went away (client disconnected) need not be hashed for.
         if job.reply.is_closed() {
@@ -164,10 +159,41 @@ fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
     }
 }
 
+/// Lowest priority: a flood of wrong passwords must queue behind request handling. On Linux
+/// the thread goes to `SCHED_IDLE`: it runs only on a core no ordinary thread wants, and a
+/// request handler that wakes up takes the core back at once (at nice 19 alone, a hashing
+/// thread still gets its share of a busy core and its memory-hard work evicts the proxy's
+/// caches meanwhile). Elsewhere, or if that is refused, it runs at the lowest nice value.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadSchedulePolicy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            idle,
+        )
+        .is_ok()
+        {
+            return;
+        }
+    }
+    if let Err(err) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::debug!(error = ?err, "cannot lower the hashing thread's priority");
+    }
+}
+
 /// Remembers successful verifications under an HMAC of (user, stored hash, password) keyed by a
 /// per-process random key: the password itself is never kept.
 struct VerifiedCache {
-    key: [u8; 32],
+    /// The HMAC already keyed (its inner and outer pads hashed once): each tag clones it.
+    keyed: Hmac<Sha256>,
     entries: RwLock<HashMap<[u8; 32], Instant>>,
 }
 
@@ -175,15 +201,16 @@ impl VerifiedCache {
     fn new() -> Self {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
+        key.fill(0);
         VerifiedCache {
-            key,
+            keyed,
             entries: RwLock::new(HashMap::new()),
         }
     }
 
     fn tag(&self, user: &User, password: &str) -> [u8; 32] {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         for part in [
             user.name.as_bytes(),

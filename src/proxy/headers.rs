@@ -1,13 +1,18 @@
 //! The per-request header rewrite: hop-by-hop headers out, client-supplied identity and
 //! forwarding headers out (in every spelling), then the proxy's own headers in.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::auth::Identity;
 use crate::config::IdentityConfig;
+
+/// The request id header, as a name (no parsing per request).
+const REQUEST_ID: HeaderName = HeaderName::from_static(crate::response::REQUEST_ID);
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies have always dropped).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -73,18 +78,14 @@ pub struct ForwardContext<'a> {
 /// client asked for a protocol upgrade.
 pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     let upgrade = requested_upgrade(headers);
-    let prior_for = ctx
-        .peer_trusted
-        .then(|| joined(headers, &header::HeaderName::from_static("x-forwarded-for")));
+    let prior_for = ctx.peer_trusted.then(|| joined(headers, &X_FORWARDED_FOR));
     let prior_forwarded = ctx
         .peer_trusted
         .then(|| joined(headers, &header::FORWARDED));
     // Headers named in Connection go first; everything the proxy adds is added after this, so a
     // client's `Connection: X-Forwarded-User` can never remove the identity we set.
     remove_connection_listed(headers);
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_hop_by_hop(headers);
     remove_spoofable(headers, ctx.config);
     if !ctx.config.forward_authorization {
         headers.remove(header::AUTHORIZATION);
@@ -109,9 +110,7 @@ pub fn rewrite_response(headers: &mut HeaderMap, switching_protocols: bool) {
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
     remove_connection_listed(headers);
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -137,7 +136,21 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Removes every hop-by-hop header. One pass over the names first: most messages carry none
+/// (or only `Connection`), and a removal costs a hash and a probe per name.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
 fn remove_connection_listed(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        return;
+    }
     let listed: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -187,70 +200,90 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!values.is_empty()).then(|| values.join(", "))
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+// Each header value below is written once into a `String` whose buffer then becomes the
+// value (`Bytes::from(String)` takes it without copying): one allocation per header.
+
 fn add_forwarding(
     headers: &mut HeaderMap,
     ctx: &ForwardContext<'_>,
     prior_for: Option<String>,
     prior_forwarded: Option<String>,
 ) {
-    let ip = ctx.client_ip.to_string();
-    let xff = match prior_for {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip.clone(),
+    let mut xff = match prior_for {
+        Some(mut prior) => {
+            prior.push_str(", ");
+            prior
+        }
+        None => String::with_capacity(40),
     };
-    insert_text(headers, "x-forwarded-for", &xff);
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(ctx.proto),
-    );
-    if let Some(host) = &ctx.host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
+    // The address is formatted once, at the end of X-Forwarded-For, and copied from there.
+    let ip_starts = xff.len();
+    let _ = write!(xff, "{}", ctx.client_ip);
+    let ip = &xff[ip_starts..];
+    let mut forwarded = match prior_forwarded {
+        Some(mut prior) => {
+            prior.push_str(", ");
+            prior
+        }
+        None => String::with_capacity(64),
+    };
     match ctx.client_ip {
-        IpAddr::V4(_) => element.push_str(&ip),
+        IpAddr::V4(_) => {
+            forwarded.push_str("for=");
+            forwarded.push_str(ip);
+        }
         IpAddr::V6(_) => {
-            element.push_str("\"[");
-            element.push_str(&ip);
-            element.push_str("]\"");
+            forwarded.push_str("for=\"[");
+            forwarded.push_str(ip);
+            forwarded.push_str("]\"");
         }
     }
-    element.push_str(";proto=");
-    element.push_str(ctx.proto);
-    if let Some(host) = ctx.host.as_ref().and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        crate::response::challenge::push_quoted(&mut element, host);
+    insert_owned(headers, X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.proto));
+    if let Some(host) = &ctx.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    let forwarded = match prior_forwarded {
-        Some(prior) => format!("{prior}, {element}"),
-        None => element,
-    };
-    insert_text(headers, "forwarded", &forwarded);
-    headers.insert(crate::response::REQUEST_ID, ctx.request_id.clone());
+    forwarded.push_str(";proto=");
+    forwarded.push_str(ctx.proto);
+    if let Some(host) = ctx.host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(";host=");
+        crate::response::challenge::push_quoted(&mut forwarded, host);
+    }
+    insert_owned(headers, header::FORWARDED, forwarded);
+    headers.insert(REQUEST_ID, ctx.request_id.clone());
 }
 
 fn add_identity(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     let Some(identity) = ctx.identity else { return };
-    insert_text(headers, ctx.config.user_header.as_str(), identity.user());
-    insert_text(
+    insert_owned(
         headers,
-        ctx.config.groups_header.as_str(),
-        &identity.groups().join(","),
+        ctx.config.user_header.clone(),
+        identity.user().to_owned(),
     );
+    let groups = identity.groups();
+    let mut joined = String::with_capacity(groups.iter().map(|g| g.len() + 1).sum());
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 {
+            joined.push(',');
+        }
+        joined.push_str(group);
+    }
+    insert_owned(headers, ctx.config.groups_header.clone(), joined);
     headers.insert(
         ctx.config.auth_method_header.clone(),
         HeaderValue::from_static(identity.method.as_str()),
     );
 }
 
-fn insert_text(headers: &mut HeaderMap, name: &str, value: &str) {
-    // Names and values come from the config or are formatted by us; a value that is still not
-    // a valid header is dropped rather than sent half-formed.
-    if let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_bytes(value.as_bytes()),
-    ) {
+/// Inserts `value` as the header's value without copying it. Values are formatted by us or
+/// come from the config; one that is still not a valid header value is dropped rather than
+/// sent half-formed.
+fn insert_owned(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(name, value);
     }
 }

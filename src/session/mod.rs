@@ -278,6 +278,16 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// net/http, Node, Python) read `portcullis_session =…`: the session id never reaches the
 /// upstream in any spelling they would accept.
 pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    // Most requests carry no cookie of ours: leave their headers untouched without rebuilding.
+    // (On the bytes: a value with obs-text is not `to_str`-able yet may still carry ours.)
+    let ours = headers.get_all(COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(name.len().max(1))
+            .any(|w| w == name.as_bytes())
+    });
+    if !ours {
+        return;
+    }
     let mut kept: Vec<HeaderValue> = Vec::new();
     let mut changed = false;
     for value in headers.get_all(COOKIE) {

@@ -1,7 +1,11 @@
 //! The one `access` event every request produces (SPEC §5).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Instant;
+
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
 use crate::error::Refusal;
 
@@ -46,12 +50,25 @@ impl AccessRecord {
     }
 
     /// Emits the event. Secrets never reach here: the record holds no header values.
+    ///
+    /// With the JSON log format, the line is formatted here and handed to the batching access
+    /// log writer: the same line tracing-subscriber's JSON formatter would write (same keys,
+    /// order and number formats), at a fraction of its cost on the request path, and written
+    /// to stdout within 20 ms. Filtering still goes through tracing
+    /// (`RUST_LOG=portcullis::access=off` silences it).
     pub fn emit(&self, status: http::StatusCode, refusal: Option<&Refusal>) {
         let duration_ms = (self.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         let (decision, reason, detail) = match refusal {
             Some(r) => (r.decision(), Some(r.reason_code()), Some(r.detail())),
             None => ("allow", None, None),
         };
+        if let Some(log) = super::access_log() {
+            if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+                let line = self.json_line(status, duration_ms, decision, reason, detail);
+                log.append(line.as_bytes());
+            }
+            return;
+        }
         tracing::info!(
             target: "portcullis::access",
             request_id = %self.request_id,
@@ -72,4 +89,79 @@ impl AccessRecord {
             "access"
         );
     }
+
+    /// The access event as one JSON line, in tracing-subscriber's flattened JSON layout.
+    fn json_line(
+        &self,
+        status: http::StatusCode,
+        duration_ms: f64,
+        decision: &str,
+        reason: Option<&str>,
+        detail: Option<&str>,
+    ) -> String {
+        let mut out = String::with_capacity(384 + detail.map_or(0, str::len));
+        out.push_str("{\"timestamp\":\"");
+        let _ = SystemTime.format_time(&mut Writer::new(&mut out));
+        out.push_str("\",\"level\":\"INFO\",\"message\":\"access\"");
+        string_field(&mut out, "request_id", &self.request_id);
+        // Addresses and versions need no escaping.
+        let _ = write!(out, ",\"client_ip\":\"{}\"", self.client_ip);
+        string_field(&mut out, "method", self.method.as_str());
+        string_field(&mut out, "path", &self.path);
+        if let Some(route) = &self.route {
+            string_field(&mut out, "route", route);
+        }
+        let _ = write!(out, ",\"status\":{}", status.as_u16());
+        if let Some(user) = &self.user {
+            string_field(&mut out, "user", user);
+        }
+        if let Some(method) = self.auth_method {
+            string_field(&mut out, "auth_method", method);
+        }
+        let _ = write!(out, ",\"duration_ms\":{duration_ms:?}");
+        if let Some(upstream) = self.upstream_status {
+            let _ = write!(out, ",\"upstream_status\":{upstream}");
+        }
+        let _ = write!(out, ",\"http_version\":\"{:?}\"", self.http_version);
+        let _ = write!(out, ",\"tls\":{}", self.tls);
+        string_field(&mut out, "decision", decision);
+        if let Some(reason) = reason {
+            string_field(&mut out, "reason", reason);
+        }
+        if let Some(detail) = detail {
+            string_field(&mut out, "detail", detail);
+        }
+        out.push_str(",\"target\":\"portcullis::access\"}\n");
+        out
+    }
+}
+
+/// `,"name":"value"` with the value escaped as serde_json escapes it.
+fn string_field(out: &mut String, name: &str, value: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":\"");
+    let mut start = 0;
+    for (i, b) in value.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&value[start..]);
+    out.push('"');
 }

@@ -1,5 +1,8 @@
 //! Prometheus metrics (prometheus-client), served as text on the admin listener.
 
+use std::collections::HashMap;
+
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,7 +66,15 @@ pub struct Metrics {
     pub live_sessions: Gauge,
     /// Config reloads by outcome.
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// Handles on `requests` counters by route and status class (see `request_counter`).
+    request_cache: RwLock<HashMap<Box<str>, ClassCounters>>,
 }
+
+/// A route's `requests` counters by status class.
+type ClassCounters = Vec<(&'static str, Counter)>;
+
+/// Most routes whose request counters are cached.
+const REQUEST_CACHE_MAX: usize = 1024;
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
@@ -136,6 +147,7 @@ impl Default for Metrics {
             open_connections,
             live_sessions,
             reloads,
+            request_cache: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -150,6 +162,38 @@ impl Metrics {
         out
     }
 
+    /// Counts a request under its route and status class. Counters are found by `&str`
+    /// in a small cache of handles on the family's counters, so the per-request path neither
+    /// allocates a label set nor hashes one into the family.
+    fn count_request(&self, route: &str, class: &'static str) {
+        if let Some((_, counter)) = self
+            .request_cache
+            .read()
+            .get(route)
+            .and_then(|by_class| by_class.iter().find(|(c, _)| *c == class))
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status: class,
+            })
+            .clone();
+        let mut cache = self.request_cache.write();
+        // Routes come from the config, so the cache stays small; a reload that renames
+        // routes can only add a few entries.
+        if cache.len() < REQUEST_CACHE_MAX {
+            cache
+                .entry(route.into())
+                .or_default()
+                .push((class, counter.clone()));
+        }
+        counter.inc();
+    }
+
     /// Counts one finished request.
     pub fn record_request(&self, route: Option<&str>, status: u16, reason: Option<&'static str>) {
         let class = match status {
@@ -159,11 +203,7 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let labels = RequestLabels {
-            route: route.unwrap_or("none").to_string(),
-            status: class,
-        };
-        self.requests.get_or_create(&labels).inc();
+        self.count_request(route.unwrap_or("none"), class);
         if let Some(reason) = reason {
             self.denials.get_or_create(&ReasonLabels { reason }).inc();
         }
