@@ -130,6 +130,12 @@ stop() {
   wait "$1" 2>/dev/null || true
 }
 pin() { if [[ $PIN == 1 ]]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# bg CPU CMD... : a pinned helper in the background, in its own process group (so stopping it
+# stops it, not just a subshell); its pid (== group id) in BG_PID and in PIDS for the trap.
+bg() {
+  if [[ $PIN == 1 ]]; then setsid taskset -c "$1" "${@:2}" & else setsid "${@:2}" & fi
+  BG_PID=$!; PIDS+=("$BG_PID")
+}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_http() { # URL PID NAME
   for _ in $(seq 150); do
@@ -398,9 +404,9 @@ stop "${PG[predis]}"
 log "memory: $IDLE_CONNS keep-alive connections"
 RSS_AFTER_LOAD=$(rss_kib "${PG[pmem]}")
 mkfifo "$D/conns.ctl"
-pin $CPU_LOAD python3 "$BENCH/conns.py" 127.0.0.1 "$P_MEM" "$IDLE_CONNS" /public/ <"$D/conns.ctl" >"$D/conns.out" 2>&1 &
-CONNS_PID=$!; PIDS+=("$CONNS_PID")
-exec 7>"$D/conns.ctl"
+exec 7<>"$D/conns.ctl"   # read-write: opening does not block; conns.py gets EOF when it closes
+bg $CPU_LOAD python3 "$BENCH/conns.py" 127.0.0.1 "$P_MEM" "$IDLE_CONNS" /public/ <"$D/conns.ctl" >"$D/conns.out" 2>&1 7>&-
+CONNS_PID=$BG_PID
 for _ in $(seq 1200); do grep -q '^OPEN' "$D/conns.out" 2>/dev/null && break; kill -0 "$CONNS_PID" 2>/dev/null || break; sleep 0.1; done
 OPENED=$(awk '/^OPEN/ {print $2}' "$D/conns.out"); OPENED=${OPENED:-0}
 sleep 1
@@ -415,15 +421,15 @@ S0=$(live_sessions); RSS_S0=$(rss_kib "${PG[pmem]}")
 # wrk's Lua stops sending after $SESSIONS logins; wrk itself only exits at -d, so it is
 # stopped here once the store holds them all.
 T_LOGIN0=$(date +%s%N)
-pin $CPU_LOAD wrk -t1 -c"$CONNS" -d600s --timeout 10s -s "$D/login.lua" "$UP:$P_MEM/.portcullis/login" >"$D/login.out" 2>&1 &
-LOGIN_PID=$!; PIDS+=("$LOGIN_PID")
+bg $CPU_LOAD wrk -t1 -c"$CONNS" -d600s --timeout 10s -s "$D/login.lua" "$UP:$P_MEM/.portcullis/login" >"$D/login.out" 2>&1
+LOGIN_PID=$BG_PID
 for _ in $(seq 6000); do
   [[ $(( $(live_sessions) - ${S0:-0} )) -ge $SESSIONS ]] && break
   kill -0 "$LOGIN_PID" 2>/dev/null || break
   sleep 0.1
 done
 T_LOGIN1=$(date +%s%N)
-kill "$LOGIN_PID" 2>/dev/null || true; wait "$LOGIN_PID" 2>/dev/null || true
+stop "$LOGIN_PID"
 sleep 1
 S1=$(live_sessions); RSS_S1=$(rss_kib "${PG[pmem]}")
 LOGIN_LINE="$(( ${S1:-0} - ${S0:-0} )) logins in $(awk -v ns=$((T_LOGIN1 - T_LOGIN0)) 'BEGIN { printf "%.1f", ns / 1e9 }') s"
@@ -438,9 +444,9 @@ FLOOD_ROWS_START=${#ROWS[@]}
 measure session-alone             "$UP:$P_FLOOD/session/" pflood $CPU_LOAD "$COOKIE_FLOOD"
 flood() { # NAME WRK-ARGS... : runs in the background for the measured client's whole run
   local name=$1; shift
-  pin $CPU_LOAD wrk -t1 -c8 -d"$(( ${DURATION%s} + ${WARMUP%s} + 3 ))s" --timeout 10s "$@" \
-    "$UP:$P_FLOOD/basic/" >"$D/flood-$name.out" 2>&1 &
-  FLOOD_PID=$!
+  bg $CPU_LOAD wrk -t1 -c8 -d"$(( ${DURATION%s} + ${WARMUP%s} + 3 ))s" --timeout 10s "$@" \
+    "$UP:$P_FLOOD/basic/" >"$D/flood-$name.out" 2>&1
+  FLOOD_PID=$BG_PID
 }
 flood_summary() { # NAME -> the flood client's own figures
   awk '/^RESULT/ {printf "%s req/s answered (%d non-2xx), p99 %s ms", $3, $7, $5}' "$D/flood-$1.out"
