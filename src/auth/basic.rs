@@ -24,6 +24,10 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX_ENTRIES: usize = 10_000;
 /// Pending verifications allowed per hashing thread before callers get 503.
 const QUEUE_PER_THREAD: usize = 32;
+/// Longest a verification may wait for a hashing thread. The threads run only on otherwise
+/// idle CPU, so on a saturated host the queue can stall; past this the caller gets 503 with
+/// `Retry-After` instead of hanging, and the stale job is skipped rather than hashed.
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 /// An argon2id hash of a random password nobody knows: unknown users are verified against it
 /// so their answer takes as long as a known user's.
@@ -44,6 +48,8 @@ struct Job {
     hash: PasswordHash,
     password: String,
     reply: oneshot::Sender<bool>,
+    /// Past this, nobody is waiting for the answer any more.
+    deadline: Instant,
 }
 
 impl PasswordVerifier {
@@ -134,6 +140,7 @@ impl PasswordVerifier {
             hash,
             password: password.to_string(),
             reply,
+            deadline: Instant::now() + MAX_QUEUE_WAIT,
         };
         self.jobs.try_send(job).map_err(|_| {
             Failure::new(
@@ -141,17 +148,22 @@ impl PasswordVerifier {
                 "password verification queue is full",
             )
         })?;
-        answer
-            .await
-            .map_err(|_| Failure::new(FailReason::Overloaded, "password hashing thread stopped"))
+        match tokio::time::timeout(MAX_QUEUE_WAIT, answer).await {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(_)) | Err(_) => Err(Failure::new(
+                FailReason::Overloaded,
+                format!("no hashing thread was free within {MAX_QUEUE_WAIT:?}"),
+            )),
+        }
     }
 }
 
 fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
     lower_priority();
     for job in queue {
-        // A caller that went away (client disconnected) need not be hashed for.
-        if job.reply.is_closed() {
+        // A caller that went away (client disconnected, or gave up waiting) need not be
+        // hashed for.
+        if job.reply.is_closed() || Instant::now() >= job.deadline {
             continue;
         }
         let ok = job.hash.verify(job.password.as_bytes());
@@ -159,29 +171,11 @@ fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
     }
 }
 
-/// Lowest priority: a flood of wrong passwords must queue behind request handling. On Linux
-/// the thread goes to `SCHED_IDLE`: it runs only on a core no ordinary thread wants, and a
-/// request handler that wakes up takes the core back at once (at nice 19 alone, a hashing
-/// thread still gets its share of a busy core and its memory-hard work evicts the proxy's
-/// caches meanwhile). Elsewhere, or if that is refused, it runs at the lowest nice value.
+/// Lowest priority: a flood of wrong passwords must queue behind request handling. The
+/// threads run at the lowest nice value, not under `SCHED_IDLE`: that policy starves them
+/// whenever anything else on the host is busy (another service, a build), and then every
+/// first sign-in fails with 503 however idle the proxy itself is.
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::unix::{
-            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-            ThreadSchedulePolicy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if set_thread_priority_and_policy(
-            thread_native_id(),
-            thread_priority::ThreadPriority::Min,
-            idle,
-        )
-        .is_ok()
-        {
-            return;
-        }
-    }
     if let Err(err) =
         thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
     {
