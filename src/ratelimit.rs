@@ -72,6 +72,7 @@ impl FailureLimiter {
         if self.max_failures == 0 {
             return Ok(());
         }
+        let ip = client_key(ip);
         let remaining = match &self.backend {
             Backend::Memory(m) => m.locked_for(ip, user.map(user_key)),
             Backend::Redis(r) => redis_locked_for(r, ip, user).await,
@@ -101,6 +102,7 @@ impl FailureLimiter {
         if self.max_failures == 0 {
             return;
         }
+        let ip = client_key(ip);
         match &self.backend {
             Backend::Memory(m) => m.record(ip, user.map(user_key), self.lockout),
             Backend::Redis(r) => {
@@ -112,6 +114,22 @@ impl FailureLimiter {
                 }
             }
         }
+    }
+}
+
+/// The address failures are counted under: an IPv6 client is its /64, the block one host or
+/// one customer is normally given, so it cannot dodge the lockout by rotating addresses
+/// inside it. IPv4 addresses count alone.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -320,6 +338,23 @@ mod tests {
             .check("192.0.2.2".parse().unwrap(), Some("bob"))
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_client_is_counted_by_its_64() {
+        let limiter = FailureLimiter::new(&config(2), None);
+        let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        limiter.record_failure(first, None).await;
+        limiter.record_failure(same_64, None).await;
+        assert!(limiter.check(same_64, None).await.is_err());
+        assert!(limiter.check(first, None).await.is_err());
+        assert!(limiter.check(other_64, None).await.is_ok());
+        assert_eq!(
+            client_key("::ffff:192.0.2.7".parse().unwrap()),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[tokio::test]
