@@ -348,6 +348,7 @@ impl App {
             exchange.record.auth_method = Some(identity.method.as_str());
         }
         policy::authorize(&route, identity.as_ref(), request.method())?;
+        policy::method_overrides(&route, request.headers())?;
         if let Some(identity) = &identity {
             self.start_browser_session(&route, identity, exchange).await;
         }

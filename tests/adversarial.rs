@@ -1547,3 +1547,52 @@ async fn a_bad_password_flood_does_not_starve_valid_clients() {
         .all(|r| r.header("x-forwarded-user").as_deref() == Some("alice")));
     assert!(received.iter().all(|r| r.header("cookie").is_none()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_override_header_cannot_carry_a_refused_method() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let alice = basic("alice", ALICE_PW);
+    // /admin takes GET and POST only.
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("x-http-method", "PUT"),
+        ("X-Method-Override", "PATCH"),
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("X-HTTP-Method-Override", "delete"),
+        ("X-HTTP-Method-Override", "GET, DELETE"),
+    ] {
+        let response = proxy
+            .send(
+                "POST",
+                "/admin/override",
+                &[("authorization", &alice), (name, value)],
+                "x",
+            )
+            .await;
+        assert_eq!(response.status, 405, "{name}: {value}");
+        assert_eq!(response.header("allow").as_deref(), Some("GET, POST"));
+        let event = proxy.access_of(&response).await;
+        assert_eq!(event["reason"], "method_not_allowed", "{event}");
+    }
+    assert!(upstream.requests().is_empty(), "{:#?}", upstream.requests());
+    // Naming an allowed method is fine, and routes without `methods` are not affected.
+    let response = proxy
+        .send(
+            "POST",
+            "/admin/override",
+            &[("authorization", &alice), ("X-HTTP-Method-Override", "GET")],
+            "x",
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let response = proxy
+        .send(
+            "POST",
+            "/home/override",
+            &[("authorization", &alice), ("X-HTTP-Method-Override", "DELETE")],
+            "x",
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}

@@ -116,3 +116,43 @@ fn methods(route: &Route, method: &Method) -> Result<(), Denial> {
         _ => Ok(()),
     }
 }
+
+/// Headers some frameworks read in place of the request's method (and, behind CGI-style
+/// servers, their `_` spellings).
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// On a route limited by `methods`, a method-override header must name an allowed method too:
+/// otherwise `POST` with `X-HTTP-Method-Override: DELETE` would carry a DELETE past the check
+/// to an upstream that honours the header.
+pub fn method_overrides(route: &Route, headers: &http::HeaderMap) -> Result<(), Denial> {
+    let Some(allowed) = &route.methods else {
+        return Ok(());
+    };
+    for (name, value) in headers {
+        let name = name.as_str();
+        let is_override = METHOD_OVERRIDE_HEADERS.iter().any(|h| {
+            h.len() == name.len()
+                && h.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        });
+        if !is_override {
+            continue;
+        }
+        let named = Method::from_bytes(value.as_bytes().trim_ascii());
+        if !named.is_ok_and(|m| allowed.contains(&m)) {
+            return Err(Denial::new(
+                DenyReason::MethodNotAllowed,
+                format!(
+                    "{name} names {:?}, which is not in the route's methods",
+                    String::from_utf8_lossy(value.as_bytes())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
