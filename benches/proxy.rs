@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use portcullis::auth::credentials;
+use portcullis::auth::password::PasswordHash;
 use portcullis::auth::{Identity, PasswordVerifier, Principal};
 use portcullis::config::{Config, Scheme};
 use portcullis::policy;
@@ -20,11 +21,10 @@ use portcullis::proxy::headers::{rewrite_request, ForwardContext};
 use portcullis::response::challenge;
 use portcullis::session::Sessions;
 
-/// bcrypt cost 4 of "pw": cheap to verify once, then served from the verification cache.
-const BCRYPT_PW: &str = "$2b$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie";
-
-/// A config shaped like a real deployment: a handful of routes of different lengths.
+/// A config shaped like a real deployment: a handful of routes of different lengths. alice's
+/// password is "pw" (argon2id: hashed once, then served from the verification cache).
 fn config() -> Config {
+    let hash = PasswordHash::hash_argon2id(b"pw").expect("argon2id hashing works");
     let text = format!(
         r#"
 [server]
@@ -38,7 +38,7 @@ cookie_secure = false
 
 [[users]]
 name = "alice"
-password_hash = "{BCRYPT_PW}"
+password_hash = "{hash}"
 groups = ["admins", "ops"]
 
 [[route]]

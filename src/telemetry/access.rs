@@ -101,29 +101,48 @@ impl AccessRecord {
     ) -> String {
         let mut out = String::with_capacity(384 + detail.map_or(0, str::len));
         out.push_str("{\"timestamp\":\"");
-        let _ = SystemTime.format_time(&mut Writer::new(&mut out));
+        push_timestamp(&mut out);
         out.push_str("\",\"level\":\"INFO\",\"message\":\"access\"");
         string_field(&mut out, "request_id", &self.request_id);
         // Addresses and versions need no escaping.
-        let _ = write!(out, ",\"client_ip\":\"{}\"", self.client_ip);
+        out.push_str(",\"client_ip\":\"");
+        push_ip(&mut out, self.client_ip);
+        out.push('"');
         string_field(&mut out, "method", self.method.as_str());
         string_field(&mut out, "path", &self.path);
         if let Some(route) = &self.route {
             string_field(&mut out, "route", route);
         }
-        let _ = write!(out, ",\"status\":{}", status.as_u16());
+        out.push_str(",\"status\":");
+        push_u64(&mut out, u64::from(status.as_u16()));
         if let Some(user) = &self.user {
             string_field(&mut out, "user", user);
         }
         if let Some(method) = self.auth_method {
             string_field(&mut out, "auth_method", method);
         }
-        let _ = write!(out, ",\"duration_ms\":{duration_ms:?}");
+        out.push_str(",\"duration_ms\":");
+        push_millis(&mut out, duration_ms);
         if let Some(upstream) = self.upstream_status {
-            let _ = write!(out, ",\"upstream_status\":{upstream}");
+            out.push_str(",\"upstream_status\":");
+            push_u64(&mut out, u64::from(upstream));
         }
-        let _ = write!(out, ",\"http_version\":\"{:?}\"", self.http_version);
-        let _ = write!(out, ",\"tls\":{}", self.tls);
+        out.push_str(",\"http_version\":\"");
+        match self.http_version {
+            http::Version::HTTP_09 => out.push_str("HTTP/0.9"),
+            http::Version::HTTP_10 => out.push_str("HTTP/1.0"),
+            http::Version::HTTP_11 => out.push_str("HTTP/1.1"),
+            http::Version::HTTP_2 => out.push_str("HTTP/2.0"),
+            http::Version::HTTP_3 => out.push_str("HTTP/3.0"),
+            other => {
+                let _ = write!(out, "{other:?}");
+            }
+        }
+        out.push_str(if self.tls {
+            "\",\"tls\":true"
+        } else {
+            "\",\"tls\":false"
+        });
         string_field(&mut out, "decision", decision);
         if let Some(reason) = reason {
             string_field(&mut out, "reason", reason);
@@ -133,6 +152,118 @@ impl AccessRecord {
         }
         out.push_str(",\"target\":\"portcullis::access\"}\n");
         out
+    }
+}
+
+/// The timestamp as tracing-subscriber's `SystemTime` timer writes it
+/// (`2026-11-30T00:20:34.740159Z`). The part up to the second is formatted once per second.
+fn push_timestamp(out: &mut String) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
+        let _ = SystemTime.format_time(&mut Writer::new(out));
+        return;
+    };
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != since_epoch.as_secs() {
+            let mut text = String::with_capacity(32);
+            let _ = SystemTime.format_time(&mut Writer::new(&mut text));
+            // "YYYY-MM-DDTHH:MM:SS" + ".ffffffZ"
+            match text.find('.') {
+                Some(dot) => text.truncate(dot),
+                None => {
+                    out.push_str(&text);
+                    return;
+                }
+            }
+            *cached = (since_epoch.as_secs(), text);
+        }
+        out.push_str(&cached.1);
+        out.push('.');
+        push_padded(out, u64::from(since_epoch.subsec_micros()), 6);
+        out.push('Z');
+    });
+}
+
+/// Decimal digits of `n`.
+fn push_u64(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// `n` with leading zeros to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut n = n;
+    for slot in digits[20 - width..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    for &d in &digits[20 - width..] {
+        out.push(char::from(d));
+    }
+}
+
+/// A duration in milliseconds rounded to the microsecond, written as serde_json writes that
+/// `f64` (`0.363`, `2.09`, `5.0`).
+fn push_millis(out: &mut String, ms: f64) {
+    let micros = (ms * 1000.0).round();
+    if !(0.0..1e15).contains(&micros) {
+        let _ = write!(out, "{ms:?}");
+        return;
+    }
+    let micros = micros as u64;
+    push_u64(out, micros / 1000);
+    out.push('.');
+    let frac = micros % 1000;
+    if frac == 0 {
+        out.push('0');
+        return;
+    }
+    let mut digits = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let mut len = 3;
+    while digits[len - 1] == b'0' {
+        len -= 1;
+    }
+    for d in &mut digits[..len] {
+        out.push(char::from(*d));
+    }
+}
+
+/// The address as `Display` writes it (IPv4 by hand, the rest through `fmt`).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -164,4 +295,45 @@ fn string_field(out: &mut String, name: &str, value: &str) {
     }
     out.push_str(&value[start..]);
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        for ms in [
+            0.0, 0.001, 0.01, 0.363, 2.09, 5.0, 12.5, 1234.567, 99999.999,
+        ] {
+            let mut out = String::new();
+            push_millis(&mut out, ms);
+            assert_eq!(out, serde_json::to_string(&ms).unwrap(), "{ms}");
+        }
+        for n in [0u64, 7, 10, 200, 65535, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        for ip in ["0.0.0.0", "127.0.0.1", "192.0.2.255", "2001:db8::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn timestamps_look_like_tracing_ones() {
+        let mut ours = String::new();
+        push_timestamp(&mut ours);
+        push_timestamp(&mut ours);
+        let mut theirs = String::new();
+        SystemTime
+            .format_time(&mut Writer::new(&mut theirs))
+            .unwrap();
+        assert_eq!(ours.len(), 2 * theirs.len(), "{ours} vs {theirs}");
+        assert_eq!(ours[..17], theirs[..17]);
+        assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+    }
 }
