@@ -529,7 +529,13 @@ fn request_id(headers: &http::HeaderMap, peer_trusted: bool) -> HeaderValue {
         }
     }
     let id: u128 = rand::thread_rng().gen();
-    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+    // Hex into a stack buffer: this runs on every request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, byte) in text.iter_mut().enumerate() {
+        *byte = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).expect("hex is a valid header value")
 }
 
 fn well_formed_id(id: &[u8]) -> bool {
@@ -542,6 +548,17 @@ fn well_formed_id(id: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_request_ids_are_32_hex_digits() {
+        let id = request_id(&http::HeaderMap::new(), false);
+        assert_eq!(id.len(), 32);
+        assert!(id
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(id, request_id(&http::HeaderMap::new(), false));
+    }
 
     #[test]
     fn request_ids_are_validated() {

@@ -1590,7 +1590,10 @@ async fn a_method_override_header_cannot_carry_a_refused_method() {
         .send(
             "POST",
             "/home/override",
-            &[("authorization", &alice), ("X-HTTP-Method-Override", "DELETE")],
+            &[
+                ("authorization", &alice),
+                ("X-HTTP-Method-Override", "DELETE"),
+            ],
             "x",
         )
         .await;
