@@ -157,8 +157,14 @@ fn serve(config: Config, reload_from: Option<PathBuf>) -> ExitCode {
 }
 
 fn build_runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    // One worker: a current-thread runtime does the same work without the work-stealing
+    // scheduler's cross-thread wake-ups (password hashing has its own threads either way).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         builder.worker_threads(workers);
     }
     builder.enable_all().build().map_err(|err| {

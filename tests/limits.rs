@@ -115,3 +115,38 @@ async fn keep_alive_connection_serves_several_requests() {
         vec!["/home/ka0", "/home/ka1", "/home/ka2", "/public/ka-last"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_serves_others_while_a_request_waits_on_the_upstream() {
+    let upstream = Upstream::start().await;
+    // `workers = 1` runs the proxy on a single thread: nothing may block it.
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("workers = 1")
+        .start()
+        .await;
+    let addr = proxy.addr;
+    // The upstream holds this one for 3 s.
+    let slow = tokio::spawn(async move { send(addr, "GET", "/public/slow", &[], "").await });
+    upstream.wait_for_requests(1).await;
+    let alice = basic("alice", ALICE_PW);
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let credential = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            let path = format!("/home/one-worker/{n}");
+            send(addr, "GET", &path, &[("authorization", &credential)], "").await
+        }));
+    }
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // All fifty were answered while the slow one was still waiting on the upstream.
+    assert!(
+        !slow.is_finished(),
+        "the slow request should still be in flight"
+    );
+    let response = slow.await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slow ok");
+}
