@@ -123,9 +123,7 @@ impl Endpoints<'_> {
             Err(Refusal::Deny(denial)) if denial.reason != DenyReason::RateLimited => {
                 let page = LoginPage {
                     next: &next,
-                    error: Some(
-                        "The user name or password was not accepted. Check both and try again.",
-                    ),
+                    error: Some(crate::pages::CREDENTIALS_REFUSED),
                     ended: None,
                     idle: self.sessions.idle_timeout(),
                     absolute: self.sessions.absolute_timeout(),

@@ -64,7 +64,7 @@ impl LoginPage<'_> {
             title: pages.title().to_string(),
             status,
             heading: if self.ended.is_some() {
-                "Your session has ended".to_string()
+                pages::SESSION_ENDED.to_string()
             } else {
                 "Sign in".to_string()
             },

@@ -12,7 +12,10 @@ use std::sync::OnceLock;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
-pub use wording::{absolute_ended, describe, idle_ended, plain_duration, Described, Facts};
+pub use wording::{
+    absolute_ended, describe, idle_ended, plain_duration, Described, Facts, CREDENTIALS_REFUSED,
+    SESSION_ENDED,
+};
 
 /// Every page the proxy can show, by the template that renders it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,12 @@ use std::time::Duration;
 use super::Page;
 use crate::error::{DenyReason, FailReason, Refusal};
 
+/// The heading of every page about a session that ended (the 401 page and the login form).
+pub const SESSION_ENDED: &str = "Your session has ended";
+/// What a failed sign-in is told, whichever of user name or password was wrong.
+pub const CREDENTIALS_REFUSED: &str =
+    "The user name or password was not accepted. Check both and try again.";
+
 /// What the wording may mention about the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -69,7 +75,7 @@ fn describe_denial(reason: DenyReason, retry_after: Option<u64>, facts: &Facts<'
         DenyReason::UnknownUser | DenyReason::BadPassword => said(
             Page::SignIn,
             "Sign-in failed",
-            "The user name or password was not accepted. Check both and try again.",
+            CREDENTIALS_REFUSED,
         ),
         DenyReason::MalformedCredentials => said(
             Page::BadRequest,
@@ -89,17 +95,17 @@ fn describe_denial(reason: DenyReason, retry_after: Option<u64>, facts: &Facts<'
         ),
         DenyReason::SessionIdleTimeout => said(
             Page::SessionEnded,
-            "Your session has ended",
+            SESSION_ENDED,
             idle_ended(facts.idle),
         ),
         DenyReason::SessionAbsoluteTimeout => said(
             Page::SessionEnded,
-            "Your session has ended",
+            SESSION_ENDED,
             absolute_ended(facts.absolute),
         ),
         DenyReason::SessionUnknown => said(
             Page::SessionEnded,
-            "Your session has ended",
+            SESSION_ENDED,
             "Your session is no longer valid. Sign in again to continue.",
         ),
         DenyReason::UserNotAllowed | DenyReason::InsufficientScope => said(
