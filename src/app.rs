@@ -20,6 +20,7 @@ use crate::config::{Config, Route, Scheme};
 use crate::error::{Denial, DenyReason, FailReason, Refusal};
 use crate::login::{self, EndedNotice};
 use crate::pages::Facts;
+use crate::path::NormalizedPath;
 use crate::policy::{self, Target, RESERVED_PREFIX};
 use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
@@ -75,12 +76,27 @@ struct Exchange {
     request_id: HeaderValue,
     /// A GET/HEAD that asks for HTML: a person's browser navigating.
     navigation: bool,
-    /// Normalised path and query, for the login page's `next`.
-    next: String,
+    /// Normalised path and original query, for the login page's `next`; the text is built
+    /// only when a refusal needs it (see `next`).
+    next: Option<(NormalizedPath, Option<PathAndQuery>)>,
     /// A `Set-Cookie` to add to whatever response is sent.
     set_cookie: Option<HeaderValue>,
     /// A response already built by an endpoint that must still be logged as a denial.
     logged_refusal: Option<Refusal>,
+}
+
+impl Exchange {
+    /// The login page's `next`: normalised path and original query (empty before a route
+    /// was matched).
+    fn next(&self) -> String {
+        let Some((path, original)) = &self.next else {
+            return String::new();
+        };
+        match original.as_ref().and_then(PathAndQuery::query) {
+            Some(query) => format!("{}?{query}", path.forward()),
+            None => path.forward().to_string(),
+        }
+    }
 }
 
 impl App {
@@ -195,7 +211,7 @@ impl App {
             request_id,
             navigation: matches!(*request.method(), Method::GET | Method::HEAD)
                 && format == Format::Html,
-            next: String::new(),
+            next: None,
             set_cookie: None,
             logged_refusal: None,
         };
@@ -257,11 +273,14 @@ impl App {
             exchange.navigation,
             config.login.enabled,
         ) {
-            return login::redirect(StatusCode::FOUND, &login::login_url(&exchange.next, ended));
+            return login::redirect(
+                StatusCode::FOUND,
+                &login::login_url(&exchange.next(), ended),
+            );
         }
         let ended = session_reason.flatten();
         let sign_in_url = (accepts_session && config.login.enabled)
-            .then(|| login::login_url(&exchange.next, ended));
+            .then(|| login::login_url(&exchange.next(), ended));
         let user = exchange.record.user.as_deref();
         let ctx = RefusalContext {
             route: exchange.route.as_deref(),
@@ -312,10 +331,6 @@ impl App {
         }
         let (normalized, target) = policy::resolve(&config.routes, uri.path())?;
         exchange.record.set_path(normalized.forward());
-        exchange.next = match request.uri().query() {
-            Some(query) => format!("{}?{query}", normalized.forward()),
-            None => normalized.forward().to_string(),
-        };
         let route = match target {
             Target::Reserved => {
                 return self
@@ -325,7 +340,12 @@ impl App {
             Target::NoRoute => return Err(policy::no_route().into()),
             Target::Route(route) => route.clone(),
         };
-        exchange.record.route = Some(route.path.to_string());
+        // Built now, while `normalized` is ours, but refused only where SPEC §3 puts it: after
+        // authentication and authorisation.
+        let original = request.uri().path_and_query().cloned();
+        let path_and_query = upstream_target(&normalized, original.as_ref());
+        exchange.next = Some((normalized, original));
+        exchange.record.route = Some(route.path.shared());
         exchange.route = Some(route.clone());
 
         let identity = if route.is_public() {
@@ -353,7 +373,7 @@ impl App {
             self.start_browser_session(&route, identity, exchange).await;
         }
 
-        let path_and_query = upstream_target(normalized.forward(), request.uri().query())?;
+        let path_and_query = path_and_query?;
         let response = self
             .forward(
                 runtime,
@@ -419,7 +439,7 @@ impl App {
         request: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, Refusal> {
-        exchange.record.route = Some(RESERVED_PREFIX.to_string());
+        exchange.record.route = Some(RESERVED_PREFIX.into());
         let endpoints = login::Endpoints {
             config,
             sessions: &self.sessions,
@@ -504,9 +524,18 @@ struct RequestContext {
     tls: bool,
 }
 
-/// `normalised path` + `?` + the original query, as the upstream's request target.
-fn upstream_target(path: &str, query: Option<&str>) -> Result<PathAndQuery, Denial> {
-    let text = match query {
+/// `normalised path` + `?` + the original query, as the upstream's request target. When
+/// normalisation changed nothing, that is the original target itself (a reference count, not
+/// a copy).
+fn upstream_target(
+    normalized: &NormalizedPath,
+    original: Option<&PathAndQuery>,
+) -> Result<PathAndQuery, Denial> {
+    let path = normalized.forward();
+    if let Some(original) = original.filter(|o| o.path() == path) {
+        return Ok(original.clone());
+    }
+    let text = match original.and_then(PathAndQuery::query) {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
@@ -568,12 +597,23 @@ mod tests {
         assert!(!well_formed_id(&[b'a'; 129]));
     }
 
+    fn target(path: &str, original: &str) -> String {
+        let normalized = crate::path::normalize(path).unwrap();
+        let original = PathAndQuery::try_from(original).unwrap();
+        upstream_target(&normalized, Some(&original))
+            .unwrap()
+            .as_str()
+            .to_string()
+    }
+
     #[test]
     fn upstream_target_keeps_the_query() {
-        assert_eq!(
-            upstream_target("/a/b", Some("x=1&y")).unwrap().as_str(),
-            "/a/b?x=1&y"
-        );
-        assert_eq!(upstream_target("/a", None).unwrap().as_str(), "/a");
+        assert_eq!(target("/a/b", "/a/b?x=1&y"), "/a/b?x=1&y");
+        assert_eq!(target("/a/./b", "/a/./b?x=1&y"), "/a/b?x=1&y");
+        assert_eq!(target("/a", "/a"), "/a");
+        assert_eq!(target("/x/../a", "/x/../a"), "/a");
+        // The fragment never reaches the upstream, normalised or not.
+        assert_eq!(target("/a", "/a?q#frag"), "/a?q");
+        assert_eq!(target("/a", "/a#frag"), "/a");
     }
 }

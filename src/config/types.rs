@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -206,12 +207,18 @@ impl fmt::Display for UpstreamUrl {
 
 /// A route's path prefix, canonical: starts with `/`, no dot segments, no trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoutePath(String);
+pub struct RoutePath(Arc<str>);
 
 impl RoutePath {
     /// The canonical prefix.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The prefix as a shared string: every request logs its route, and this is a reference
+    /// count instead of a copy.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
@@ -220,7 +227,7 @@ impl FromStr for RoutePath {
 
     fn from_str(text: &str) -> Result<Self, String> {
         crate::path::canonical_route_path(text)
-            .map(RoutePath)
+            .map(|path| RoutePath(path.into()))
             .map_err(|why| format!("invalid route path: {why}"))
     }
 }

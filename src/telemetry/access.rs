@@ -22,7 +22,7 @@ pub struct AccessRecord {
     /// The path (normalised when it could be, else as received, without the query).
     pub path: String,
     /// The matched route's path.
-    pub route: Option<String>,
+    pub route: Option<std::sync::Arc<str>>,
     /// The authenticated user.
     pub user: Option<String>,
     /// The scheme that authenticated the user.
