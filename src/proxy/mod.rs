@@ -1,31 +1,54 @@
-//! Forwarding admitted requests to the upstream: URI rewrite, the pooled client, timeouts,
+//! Forwarding admitted requests to the upstream: URI rewrite, the connection pool, timeouts,
 //! streaming bodies and protocol upgrades (WebSocket).
 
 pub mod client_ip;
 pub mod headers;
+mod pool;
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
+use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 use crate::error::{FailReason, Failure};
 use crate::response::Body;
 
-/// The upstream and a pooled connection client for it.
+pub use pool::UpstreamBody;
+use pool::{Pool, Sender};
+
+/// The upstream, its connector and its idle connections.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool>,
+    /// `scheme://authority/`: what the connector connects to.
+    origin: Uri,
+    /// The `Host` sent when the client's is not preserved: the upstream's authority, without
+    /// a default port.
+    host: HeaderValue,
     config: UpstreamConfig,
 }
 
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    /// No connection: refused, unresolvable, timed out, or the TLS handshake failed.
+    #[error("cannot connect")]
+    Connect(#[source] Box<dyn StdError + Send + Sync>),
+    /// The connection broke before the response headers arrived.
+    #[error("upstream connection failed")]
+    Exchange(#[source] hyper::Error),
+}
+
 impl Upstream {
-    /// Builds the client: keep-alive pool, connect timeout, TCP_NODELAY.
+    /// Builds the connector (connect timeout, TCP_NODELAY, TLS) and an empty pool.
     pub fn new(config: &UpstreamConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -42,12 +65,28 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let url = &config.url;
+        let origin = Uri::builder()
+            .scheme(url.scheme.clone())
+            .authority(url.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a validated upstream URL is a valid URI");
+        let default_port = if url.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = match url.authority.port_u16() {
+            Some(port) if port != default_port => url.authority.as_str().to_string(),
+            _ => url.authority.host().to_string(),
+        };
+        let host = HeaderValue::try_from(host).expect("an authority is a valid Host value");
         Upstream {
-            client,
+            connector,
+            pool: Arc::default(),
+            origin,
+            host,
             config: config.clone(),
         }
     }
@@ -60,26 +99,18 @@ impl Upstream {
         mut request: Request<Incoming>,
         path_and_query: PathAndQuery,
     ) -> Result<Response<Body>, Failure> {
-        let uri = Uri::builder()
-            .scheme(self.config.url.scheme.clone())
-            .authority(self.config.url.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| {
-                Failure::new(
-                    FailReason::UpstreamUnreachable,
-                    "cannot build the upstream URI",
-                )
-            })?;
-        *request.uri_mut() = uri;
+        // Origin form: the connection already goes to the upstream.
+        *request.uri_mut() = Uri::from(path_and_query);
         // The upstream connection is HTTP/1.1 whatever the client spoke.
         *request.version_mut() = Version::HTTP_11;
+        if !request.headers().contains_key(HOST) {
+            request.headers_mut().insert(HOST, self.host.clone());
+        }
         let wants_upgrade = request.headers().contains_key(http::header::UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
-        let sent =
-            tokio::time::timeout(self.config.response_timeout, self.client.request(request)).await;
-        let mut response = match sent {
+        let sent = tokio::time::timeout(self.config.response_timeout, self.send(request)).await;
+        let (mut response, sender) = match sent {
             Err(_) => {
                 return Err(Failure::new(
                     FailReason::UpstreamTimeout,
@@ -90,7 +121,7 @@ impl Upstream {
                 ))
             }
             Ok(Err(err)) => return Err(classify(&err)),
-            Ok(Ok(response)) => response,
+            Ok(Ok(sent)) => sent,
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -98,7 +129,53 @@ impl Upstream {
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
         }
         headers::rewrite_response(response.headers_mut(), switching);
-        Ok(response.map(Body::Left))
+        // A switched connection is no longer HTTP: never back to the pool.
+        let reuse = (!switching).then(|| (sender, self.pool.clone()));
+        Ok(response.map(|body| Body::Left(UpstreamBody::new(body, reuse))))
+    }
+
+    /// Sends on an idle connection, or on a new one when none is ready. A request that never
+    /// left (the idle connection had just closed) is sent again on the next one.
+    async fn send(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+        while let Some(mut sender) = self.pool.take() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Exchange(err.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, sender)),
+            Err(err) => Err(UpstreamError::Exchange(err.into_error())),
+        }
+    }
+
+    /// Opens a connection and spawns the task that drives it (with upgrades, for WebSocket).
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io = connector
+            .call(self.origin.clone())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|err| UpstreamError::Connect(err.into()))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        self.pool.start_reaper();
+        Ok(sender)
     }
 }
 
@@ -119,7 +196,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 /// Connect timeouts count as timeouts (504); everything else as unreachable (502).
-fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
+fn classify(err: &UpstreamError) -> Failure {
     let timed_out = source_chain(err).any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
@@ -134,12 +211,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> Failure {
             format!("connect timed out: {cause}"),
         );
     }
-    let what = if err.is_connect() {
-        "cannot connect"
-    } else {
-        "upstream connection failed"
-    };
-    Failure::new(FailReason::UpstreamUnreachable, format!("{what}: {cause}"))
+    Failure::new(FailReason::UpstreamUnreachable, format!("{err}: {cause}"))
 }
 
 fn source_chain<'a>(

@@ -17,7 +17,7 @@ use crate::pages::{self, Described, Facts, PageVars, Pages};
 
 /// The body type of every response the proxy sends: the upstream's streamed body, or one of
 /// ours.
-pub type Body = http_body_util::Either<hyper::body::Incoming, Full<Bytes>>;
+pub type Body = http_body_util::Either<crate::proxy::UpstreamBody, Full<Bytes>>;
 
 /// Header carrying the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
