@@ -136,19 +136,27 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Removes every hop-by-hop header. One pass over the names first: most messages carry none
-/// (or only `Connection`), and a removal costs a hash and a probe per name.
+/// Removes every hop-by-hop header. One pass over the names first, then only the ones found
+/// are removed: most messages carry none or only `Connection`, and a removal costs a hash and
+/// a probe per name.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
 fn remove_connection_listed(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::CONNECTION) {
+    // `Connection: keep-alive` (or `close`) is the usual value, and names no header the
+    // message has: look before collecting anything.
+    if !connection_tokens(headers).any(|t| headers.contains_key(t)) {
         return;
     }
     let listed: Vec<HeaderName> = connection_tokens(headers)
