@@ -333,9 +333,13 @@ impl App {
         exchange.record.set_path(normalized.forward());
         let route = match target {
             Target::Reserved => {
-                return self
-                    .reserved(config, normalized.for_matching(), request, exchange)
-                    .await
+                return Box::pin(self.reserved(
+                    config,
+                    normalized.for_matching(),
+                    request,
+                    exchange,
+                ))
+                .await
             }
             Target::NoRoute => return Err(policy::no_route().into()),
             Target::Route(route) => route.clone(),
@@ -359,7 +363,9 @@ impl App {
                 limiter: &self.limiter,
                 client_ip: exchange.record.client_ip,
             };
-            let result = auth::authenticate(&auth, &route, request.headers()).await;
+            // Boxed here and below: paths a public route never takes would otherwise size
+            // every request's future, which hyper moves when it starts the request.
+            let result = Box::pin(auth::authenticate(&auth, &route, request.headers())).await;
             self.observe_auth(&result, started);
             Some(result?)
         };
@@ -370,7 +376,7 @@ impl App {
         policy::authorize(&route, identity.as_ref(), request.method())?;
         policy::method_overrides(&route, request.headers())?;
         if let Some(identity) = &identity {
-            self.start_browser_session(&route, identity, exchange).await;
+            Box::pin(self.start_browser_session(&route, identity, exchange)).await;
         }
 
         let path_and_query = path_and_query?;

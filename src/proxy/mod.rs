@@ -149,7 +149,9 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: the connector's future (DNS, TCP, TLS) is large, and only a new connection
+        // needs it; unboxed it would size, and be moved with, every request's future.
+        let mut sender = Box::pin(self.connect()).await?;
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, sender)),
             Err(err) => Err(UpstreamError::Exchange(err.into_error())),
