@@ -164,3 +164,27 @@ async fn https_upstream_with_ca_file() {
         "{hosts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_applies_on_a_reused_connection() {
+    // `slow` answers after 3 s; the timeout is 1 s.
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), PUBLIC_ONLY)
+        .upstream("response_timeout = \"1s\"")
+        .start()
+        .await;
+    assert_eq!(proxy.get("/public/fast", &[]).await.status, 200);
+    // Idle past a whole timeout: the pooled connection's timer has fired meanwhile.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(proxy.get("/public/fast", &[]).await.status, 200);
+    let started = std::time::Instant::now();
+    let response = proxy.get("/public/slow", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(response.status, 504);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    assert_eq!(proxy.get("/public/fast", &[]).await.status, 200);
+    assert_eq!(upstream.requests().len(), 4);
+}

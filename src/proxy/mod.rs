@@ -22,7 +22,7 @@ use crate::error::{FailReason, Failure};
 use crate::response::Body;
 
 pub use pool::UpstreamBody;
-use pool::{Pool, Sender};
+use pool::{Conn, Pool, Sender};
 
 /// The upstream, its connector and its idle connections.
 pub struct Upstream {
@@ -45,6 +45,9 @@ enum UpstreamError {
     /// The connection broke before the response headers arrived.
     #[error("upstream connection failed")]
     Exchange(#[source] hyper::Error),
+    /// No response headers within `response_timeout` (connecting included).
+    #[error("no response headers in time")]
+    Timeout,
 }
 
 impl Upstream {
@@ -109,9 +112,9 @@ impl Upstream {
         let wants_upgrade = request.headers().contains_key(http::header::UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
 
-        let sent = tokio::time::timeout(self.config.response_timeout, self.send(request)).await;
-        let (mut response, sender) = match sent {
-            Err(_) => {
+        let (mut response, conn) = match self.send(request).await {
+            Ok(sent) => sent,
+            Err(UpstreamError::Timeout) => {
                 return Err(Failure::new(
                     FailReason::UpstreamTimeout,
                     format!(
@@ -120,8 +123,7 @@ impl Upstream {
                     ),
                 ))
             }
-            Ok(Err(err)) => return Err(classify(&err)),
-            Ok(Ok(sent)) => sent,
+            Err(err) => return Err(classify(&err)),
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -130,30 +132,49 @@ impl Upstream {
         }
         headers::rewrite_response(response.headers_mut(), switching);
         // A switched connection is no longer HTTP: never back to the pool.
-        let reuse = (!switching).then(|| (sender, self.pool.clone()));
+        let reuse = (!switching).then(|| (conn, self.pool.clone()));
         Ok(response.map(|body| Body::Left(UpstreamBody::new(body, reuse))))
     }
 
-    /// Sends on an idle connection, or on a new one when none is ready. A request that never
-    /// left (the idle connection had just closed) is sent again on the next one.
+    /// Sends on an idle connection, or on a new one when none is ready, within
+    /// `response_timeout`. A request that never left (the idle connection had just closed) is
+    /// sent again on the next one.
     async fn send(
         &self,
         mut request: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
-        while let Some(mut sender) = self.pool.take() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, sender)),
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.config.response_timeout;
+        while let Some(mut conn) = self.pool.take() {
+            conn.timer.as_mut().reset(deadline);
+            let sent = tokio::select! {
+                biased;
+                sent = conn.sender.try_send_request(request) => sent,
+                () = conn.timer.as_mut() => return Err(UpstreamError::Timeout),
+            };
+            match sent {
+                Ok(response) => return Ok((response, conn)),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(UpstreamError::Exchange(err.into_error())),
                 },
             }
         }
+        let mut timer = Box::pin(tokio::time::sleep_until(deadline));
         // Boxed: the connector's future (DNS, TCP, TLS) is large, and only a new connection
         // needs it; unboxed it would size, and be moved with, every request's future.
-        let mut sender = Box::pin(self.connect()).await?;
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, sender)),
+        let sender = tokio::select! {
+            biased;
+            connected = Box::pin(self.connect()) => connected?,
+            () = timer.as_mut() => return Err(UpstreamError::Timeout),
+        };
+        let mut conn = Conn { sender, timer };
+        let sent = tokio::select! {
+            biased;
+            sent = conn.sender.try_send_request(request) => sent,
+            () = conn.timer.as_mut() => return Err(UpstreamError::Timeout),
+        };
+        match sent {
+            Ok(response) => Ok((response, conn)),
             Err(err) => Err(UpstreamError::Exchange(err.into_error())),
         }
     }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use parking_lot::Mutex;
+use tokio::time::Sleep;
 
 /// An idle connection unused this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -26,8 +27,18 @@ const MAX_IDLE: usize = 256;
 /// A request sender on one upstream connection.
 pub type Sender = SendRequest<Incoming>;
 
+/// One upstream connection, as the pool hands it out.
+pub struct Conn {
+    /// Sends requests on it.
+    pub sender: Sender,
+    /// The response timeout, reset for each request on this connection: moving a registered
+    /// timer's deadline later is a store, where a timer per request is an insertion into and
+    /// a removal from tokio's timer wheel.
+    pub timer: Pin<Box<Sleep>>,
+}
+
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -42,29 +53,29 @@ impl Pool {
     /// An idle connection ready for a request, most recently used first (the least likely to
     /// have been closed by the upstream's own keep-alive timeout). Closed ones are dropped;
     /// one whose previous exchange is still finishing stays for later.
-    pub fn take(&self) -> Option<Sender> {
+    pub fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if idle[i].sender.is_closed() {
+            if idle[i].conn.sender.is_closed() {
                 idle.remove(i);
-            } else if idle[i].sender.is_ready() {
-                return Some(idle.remove(i).sender);
+            } else if idle[i].conn.sender.is_ready() {
+                return Some(idle.remove(i).conn);
             }
         }
         None
     }
 
     /// Keeps a connection whose exchange ended, unless the pool is full.
-    pub fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    pub fn put(&self, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -85,7 +96,7 @@ impl Pool {
                 // Dropping a sender ends its idle connection.
                 pool.idle
                     .lock()
-                    .retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+                    .retain(|i| !i.conn.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
             }
         });
     }
@@ -97,12 +108,12 @@ impl Pool {
 pub struct UpstreamBody {
     body: Incoming,
     ended: bool,
-    reuse: Option<(Sender, Arc<Pool>)>,
+    reuse: Option<(Conn, Arc<Pool>)>,
 }
 
 impl UpstreamBody {
     /// Wraps `body`; `reuse` is where its connection goes back when the body ended.
-    pub fn new(body: Incoming, reuse: Option<(Sender, Arc<Pool>)>) -> Self {
+    pub fn new(body: Incoming, reuse: Option<(Conn, Arc<Pool>)>) -> Self {
         UpstreamBody {
             body,
             ended: false,
@@ -137,9 +148,9 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some((sender, pool)) = self.reuse.take() {
+        if let Some((conn, pool)) = self.reuse.take() {
             if self.ended || self.body.is_end_stream() {
-                pool.put(sender);
+                pool.put(conn);
             }
         }
     }
