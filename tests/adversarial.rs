@@ -1317,7 +1317,9 @@ async fn a_bad_password_flood_does_not_starve_valid_clients() {
     let _serial = SERIAL.lock().await;
     const FLOOD: usize = 2_000;
     const CLIENTS: usize = 40;
-    const FLOOD_PATIENCE: Duration = Duration::from_secs(6);
+    // The proxy answers a password check within 12 s whatever the load: at most 2 s waiting
+    // for a hashing thread, at most 10 s for the hash.
+    const FLOOD_PATIENCE: Duration = Duration::from_secs(15);
     let upstream = Upstream::start().await;
     let body = format!(
         "[session]\ncookie_secure = false\n{}\n[[route]]\npath = \"/\"\nauth = [\"session\", \"basic\"]\n\n[[route]]\npath = \"/flood\"\nauth = [\"basic\"]\n",
@@ -1438,9 +1440,8 @@ async fn a_bad_password_flood_does_not_starve_valid_clients() {
                 let n = c * (FLOOD / CLIENTS) + i;
                 let ip = format!("10.{}.{}.{}", n / 65536, (n / 256) % 256, n % 256);
                 let credential = basic(&format!("user{n}"), WRONG_PW);
-                // A flooder gives up after FLOOD_PATIENCE (status 0): a verification queued
-                // behind a starved hashing thread may wait that long; the connection is then
-                // dropped, and the proxy skips hashing for a caller that went away.
+                // A flooder gives up after FLOOD_PATIENCE (status 0): the proxy should have
+                // answered long before.
                 let path = format!("/flood/{n}");
                 let headers = [
                     ("authorization", credential.as_str()),
