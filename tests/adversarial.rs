@@ -1515,6 +1515,64 @@ async fn a_bad_password_flood_does_not_starve_valid_clients() {
     assert!(received.iter().all(|r| r.header("cookie").is_none()));
 }
 
+/// More wrong passwords for a user with an expensive hash than the hashing threads can get
+/// through: the queue past its bound is answered 503 at once, a queued check that no thread
+/// took within 2 s is answered 503 rather than hashed late, every answer comes, and the proxy
+/// serves the right password afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_hashing_queue_answers_503_and_recovers() {
+    let _serial = SERIAL.lock().await;
+    let upstream = Upstream::start().await;
+    // No lockout, so every attempt asks for a hash.
+    let proxy = limited(&upstream, false, "max_failures = 0").start().await;
+    // The proxy runs one hashing thread per core but one, each with a queue of 32.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capacity = cores.saturating_sub(1).max(1) * 33;
+    let attempts: Vec<_> = (0..capacity + 8)
+        .map(|n| {
+            let credential = basic("heavy", &format!("wrong-{n}"));
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let headers = [("authorization", credential.as_str())];
+                let sent = send(addr, "GET", "/home/x", &headers, Bytes::new());
+                tokio::time::timeout(Duration::from_secs(15), sent).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for attempt in attempts {
+        let response = attempt.await.unwrap().expect("an answer within 15 s");
+        answers.push(response);
+    }
+    let mut details = std::collections::BTreeSet::new();
+    for response in &answers {
+        match response.status {
+            401 => {}
+            503 => {
+                assert!(response.header("retry-after").is_some(), "{response:?}");
+                let event = assert_proxy_made(&proxy, response, 503, "error", "overloaded").await;
+                let detail = event["detail"].as_str().unwrap_or_default();
+                details.insert(detail.split(' ').take(3).collect::<Vec<_>>().join(" "));
+            }
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    assert!(
+        details.contains("password verification queue"),
+        "no 503 for a full queue: {details:?}"
+    );
+    assert!(
+        details.contains("no hashing thread"),
+        "no 503 for a stale queued check: {details:?}"
+    );
+    let response = proxy
+        .get("/home/x", &[("authorization", &basic("heavy", HEAVY_PW))])
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(upstream.requests().iter().all(|r| r.path == "/home/x"));
+    assert_eq!(upstream.requests().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_override_header_cannot_carry_a_refused_method() {
     let upstream = Upstream::start().await;
