@@ -1330,36 +1330,7 @@ async fn a_bad_password_flood_does_not_starve_valid_clients() {
         .start()
         .await;
 
-    // Log in through the form.
-    let login_body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("username", "alice")
-        .append_pair("password", ALICE_PW)
-        .append_pair("next", "/")
-        .finish();
-    let origin = format!("http://{}", proxy.addr);
-    let response = proxy
-        .send(
-            "POST",
-            "/.portcullis/login",
-            &[
-                ("origin", origin.as_str()),
-                ("sec-fetch-site", "same-origin"),
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("accept", "text/html"),
-            ],
-            login_body,
-        )
-        .await;
-    assert_eq!(response.status, 303, "login: {}", response.text());
-    let cookie = response
-        .header_all("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with("portcullis_session="))
-        .expect("session cookie")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = sign_in(&proxy, "alice", ALICE_PW).await;
 
     // The valid clients: one with the session, one with Basic credentials already verified
     // (and so remembered) once.

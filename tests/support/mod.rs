@@ -8,6 +8,10 @@
 
 #![allow(dead_code)]
 
+mod sessions;
+#[allow(unused_imports)]
+pub use sessions::*;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
