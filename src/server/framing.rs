@@ -388,6 +388,48 @@ mod tests {
         assert_eq!(hits, [false, false, true, false, false]);
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, however the reads split it: no panic, and the same finding.
+        #[test]
+        fn any_bytes_any_split(
+            pieces in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..16),
+            framed in proptest::collection::vec(0usize..6, 0..8),
+        ) {
+            // Mix raw bytes with well-formed heads so the scanner gets past the first line.
+            const PARTS: [&[u8]; 6] = [
+                b"GET / HTTP/1.1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"Content-Length: 5\r\n",
+                b"Transfer-Encoding: chunked\r\n",
+                b"3\r\nabc\r\n0\r\n\r\n",
+            ];
+            let mut stream = Vec::new();
+            for (n, piece) in pieces.iter().enumerate() {
+                if let Some(&part) = framed.get(n) {
+                    stream.extend_from_slice(PARTS[part]);
+                }
+                stream.extend_from_slice(piece);
+            }
+            let whole = {
+                let flags = FramingFlags::default();
+                let mut scanner = Scanner::default();
+                scanner.feed(&stream, &flags);
+                (flags.conflicting.load(Ordering::Relaxed), scanner.heads_seen, scanner.state)
+            };
+            for step in [1, 2, 7] {
+                let flags = FramingFlags::default();
+                let mut scanner = Scanner::default();
+                for piece in stream.chunks(step) {
+                    scanner.feed(piece, &flags);
+                }
+                let split = (flags.conflicting.load(Ordering::Relaxed), scanner.heads_seen, scanner.state);
+                proptest::prop_assert_eq!(split, whole);
+            }
+        }
+    }
+
     #[test]
     fn chunk_sizes_parse_like_hyper() {
         assert_eq!(chunk_size(b"1a"), Some(26));
