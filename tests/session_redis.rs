@@ -647,3 +647,57 @@ async fn a_browser_basic_login_on_a_mixed_route_still_works_while_redis_is_down(
         Some("basic")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_failure_counts_and_lockouts() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let body = format!(
+        "{}\n[session]\nstore = \"redis\"\nredis_url = \"{}\"\ncookie_secure = false\n\n\
+         [rate_limit]\nmax_failures = 4\nwindow = \"60s\"\nlockout = \"60s\"\n{SESSION_ROUTES}",
+        principals(),
+        redis.url()
+    );
+    let config =
+        ProxyConfig::new(upstream.url(), body).server("trusted_proxies = [\"127.0.0.1/32\"]");
+    let a = config.clone().start().await;
+    let b = config.start().await;
+    async fn attempt(proxy: &Proxy, ip: &str, user: &str, password: &str) -> Resp {
+        let credential = basic(user, password);
+        let headers = [
+            ("authorization", credential.as_str()),
+            ("x-forwarded-for", ip),
+        ];
+        proxy.get("/basic/x", &headers).await
+    }
+
+    // Four wrong passwords for alice, alternating instances, each from a new address: no
+    // address fails twice, but the user reaches the limit across the cluster.
+    for (n, proxy) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let ip = format!("198.51.100.{n}");
+        let response = attempt(proxy, &ip, "alice", WRONG_PW).await;
+        assert_proxy_made(proxy, &response, 401, "deny", "bad_password").await;
+    }
+    // Now alice is locked on both instances, from a fresh address, right password or not.
+    for proxy in [&a, &b] {
+        let response = attempt(proxy, "203.0.113.9", "alice", ALICE_PW).await;
+        assert_proxy_made(proxy, &response, 429, "deny", "rate_limited").await;
+        let retry: u64 = response.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    // Bob, from the same fresh address, is not.
+    let response = attempt(&b, "203.0.113.9", "bob", BOB_PW).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let forwarded: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(forwarded, ["/basic/x"], "only bob's request was forwarded");
+    assert_eq!(
+        upstream
+            .only("/basic/x")
+            .header("x-forwarded-user")
+            .as_deref(),
+        Some("bob")
+    );
+}
