@@ -26,6 +26,7 @@ use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
 use crate::ratelimit::FailureLimiter;
 use crate::response::{self, Body, Format, RefusalContext};
+use crate::server::FramingConflict;
 use crate::session::Sessions;
 use crate::telemetry::access::AccessRecord;
 use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
@@ -316,6 +317,15 @@ impl App {
             return Err(Denial::new(
                 DenyReason::AmbiguousPath,
                 "request target is not in origin form",
+            )
+            .into());
+        }
+        // Content-Length and Transfer-Encoding together: a front end and a back end that
+        // each believe a different one see different requests (hyper hides the conflict).
+        if request.extensions().get::<FramingConflict>().is_some() {
+            return Err(Denial::new(
+                DenyReason::AmbiguousPath,
+                "both Content-Length and Transfer-Encoding",
             )
             .into());
         }

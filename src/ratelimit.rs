@@ -6,7 +6,7 @@
 //! refilled over `window`); with `session.store = "redis"` the counters live in Redis so a
 //! cluster shares them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -44,8 +44,8 @@ enum Backend {
 struct MemoryCounters {
     ips: Counters<IpAddr>,
     users: Counters<UserKey>,
-    locked_ips: Mutex<HashMap<IpAddr, Instant>>,
-    locked_users: Mutex<HashMap<UserKey, Instant>>,
+    locked_ips: Mutex<Locks<IpAddr>>,
+    locked_users: Mutex<Locks<UserKey>>,
 }
 
 fn user_key(user: &str) -> UserKey {
@@ -150,25 +150,26 @@ impl MemoryCounters {
         MemoryCounters {
             ips: Counters::new(quota),
             users: Counters::new(quota),
-            locked_ips: Mutex::new(HashMap::new()),
-            locked_users: Mutex::new(HashMap::new()),
+            locked_ips: Mutex::new(Locks::default()),
+            locked_users: Mutex::new(Locks::default()),
         }
     }
 
     fn locked_for(&self, ip: IpAddr, user: Option<UserKey>) -> Option<Duration> {
         let now = Instant::now();
-        let ip_left = remaining(&self.locked_ips, &ip, now);
-        let user_left = user.and_then(|u| remaining(&self.locked_users, &u, now));
+        let ip_left = self.locked_ips.lock().remaining(&ip, now);
+        let user_left = user.and_then(|u| self.locked_users.lock().remaining(&u, now));
         ip_left.max(user_left)
     }
 
     fn record(&self, ip: IpAddr, user: Option<UserKey>, lockout: Duration) {
+        let until = Instant::now() + lockout;
         if self.ips.exceeded(&ip) {
-            lock(&self.locked_ips, ip, lockout);
+            self.locked_ips.lock().insert(ip, until);
         }
         if let Some(user) = user {
             if self.users.exceeded(&user) {
-                lock(&self.locked_users, user, lockout);
+                self.locked_users.lock().insert(user, until);
             }
         }
     }
@@ -217,24 +218,53 @@ impl<K: Hash + Eq + Clone> Counters<K> {
     }
 }
 
-fn remaining<K: Hash + Eq>(
-    locks: &Mutex<HashMap<K, Instant>>,
-    key: &K,
-    now: Instant,
-) -> Option<Duration> {
-    let locks = locks.lock();
-    let until = *locks.get(key)?;
-    (until > now).then(|| until - now)
+/// Lockouts in force, at most `MAX_TRACKED` of them. Every lock lasts the same `lockout`, so
+/// the order they were taken in is the order they end in: expired locks are dropped from the
+/// front as new ones come, and when the map is full of live locks the one closest to its end
+/// makes room. (Skipping new locks instead would let a flood of locked keys switch the
+/// lockout off for everyone else.)
+struct Locks<K> {
+    until: HashMap<K, Instant>,
+    /// Keys in the order they were locked; a key locked again appears twice, and only the
+    /// entry matching `until` counts.
+    order: VecDeque<(Instant, K)>,
 }
 
-fn lock<K: Hash + Eq>(locks: &Mutex<HashMap<K, Instant>>, key: K, lockout: Duration) {
-    let now = Instant::now();
-    let mut locks = locks.lock();
-    if locks.len() >= MAX_TRACKED {
-        locks.retain(|_, until| *until > now);
+impl<K> Default for Locks<K> {
+    fn default() -> Self {
+        Locks {
+            until: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
-    if locks.len() < MAX_TRACKED {
-        locks.insert(key, now + lockout);
+}
+
+impl<K: Hash + Eq + Clone> Locks<K> {
+    fn remaining(&self, key: &K, now: Instant) -> Option<Duration> {
+        let until = *self.until.get(key)?;
+        (until > now).then(|| until - now)
+    }
+
+    fn insert(&mut self, key: K, until: Instant) {
+        let now = Instant::now();
+        while let Some((end, _)) = self.order.front() {
+            let full = self.until.len() >= MAX_TRACKED || self.order.len() >= 2 * MAX_TRACKED;
+            if *end > now && !full {
+                break;
+            }
+            if let Some((end, old)) = self.order.pop_front() {
+                if self.until.get(&old) == Some(&end) {
+                    self.until.remove(&old);
+                }
+            }
+        }
+        self.until.insert(key.clone(), until);
+        self.order.push_back((until, key));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.until.len()
     }
 }
 
@@ -385,11 +415,39 @@ mod tests {
         assert!(m.locked_ips.lock().len() <= MAX_TRACKED);
     }
 
+    #[test]
+    fn a_full_lock_map_makes_room_by_ending_the_oldest_lock() {
+        let mut locks = Locks::default();
+        let until = Instant::now() + Duration::from_secs(900);
+        for n in 0..MAX_TRACKED as u32 + 10 {
+            locks.insert(n, until);
+        }
+        assert_eq!(locks.len(), MAX_TRACKED);
+        let now = Instant::now();
+        assert!(locks.remaining(&9, now).is_none(), "the oldest made room");
+        assert!(locks.remaining(&10, now).is_some());
+        assert!(locks.remaining(&(MAX_TRACKED as u32 + 9), now).is_some());
+        // Re-locking a key keeps one lock for it, with the later end.
+        let later = until + Duration::from_secs(60);
+        locks.insert(10, later);
+        assert_eq!(locks.len(), MAX_TRACKED);
+        assert!(locks.remaining(&10, now).unwrap() > Duration::from_secs(900));
+    }
+
+    #[test]
+    fn expired_locks_are_dropped_as_new_ones_come() {
+        let mut locks = Locks::default();
+        let past = Instant::now();
+        locks.insert(1u32, past);
+        locks.insert(2u32, past);
+        locks.insert(3u32, Instant::now() + Duration::from_secs(60));
+        assert_eq!(locks.len(), 1);
+    }
+
     #[tokio::test]
     async fn lockout_maps_stay_bounded_under_a_flood_of_locked_keys() {
         // A limit of one: every failure locks its IP and its user name.
         let limiter = FailureLimiter::new(&config(1), None);
-        // (Past the bound, each new lock sweeps the whole map: keep the overflow small.)
         for n in 0..(MAX_TRACKED as u32 + 100) {
             let ip = IpAddr::from(n.to_be_bytes());
             limiter.record_failure(ip, Some(&format!("user{n}"))).await;
@@ -399,8 +457,14 @@ mod tests {
         };
         assert_eq!(m.locked_ips.lock().len(), MAX_TRACKED);
         assert_eq!(m.locked_users.lock().len(), MAX_TRACKED);
-        // The locks taken before the maps filled are still in force.
+        // The newest locks are in force; the oldest made room for them.
+        let newest = MAX_TRACKED as u32 + 99;
+        let last = IpAddr::from(newest.to_be_bytes());
+        assert!(limiter
+            .check(last, Some(&format!("user{newest}")))
+            .await
+            .is_err());
         let first = IpAddr::from(0u32.to_be_bytes());
-        assert!(limiter.check(first, Some("user0")).await.is_err());
+        assert!(limiter.check(first, None).await.is_ok());
     }
 }

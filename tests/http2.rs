@@ -111,3 +111,52 @@ async fn h2c_download_is_intact() {
     assert_eq!(body.len(), BIG_LEN);
     assert_eq!(sha256_hex(&body), sha256_hex(&big_body()));
 }
+
+/// The proxy advertises a bound on concurrent streams per connection (128), and a client
+/// that opens more than that on one connection still gets every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_are_bounded_and_all_answered() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    // The server's SETTINGS arrive with the first exchange.
+    let request = hyper::Request::get(format!("http://{}/public/first", proxy.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.clone().send_request(request, true).unwrap();
+    let response = tokio::select! {
+        response = response => response.expect("h2 response"),
+        ended = &mut connection => panic!("connection ended: {ended:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(connection.max_concurrent_send_streams(), 128);
+    tokio::spawn(connection);
+
+    let sender = h2_sender(&proxy).await;
+    let requests = (0..300).map(|n| {
+        let mut sender = sender.clone();
+        let path = format!("/public/s{n}");
+        let addr = proxy.addr;
+        async move {
+            let request = hyper::Request::get(format!("http://{addr}{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            sender.ready().await.unwrap();
+            sender
+                .send_request(request)
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(200))),
+        "{:?}",
+        statuses
+            .iter()
+            .filter(|s| !matches!(s, Ok(200)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(upstream.requests().len(), 301);
+}

@@ -23,287 +23,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use ops::Running;
-
 // ---------------------------------------------------------------------------------------------
-// Private helpers: a proxy process we can signal, TLS clients, metrics parsing
+// Private helpers: the config shape, TLS clients, metrics parsing
 // ---------------------------------------------------------------------------------------------
 
-mod ops {
-    use std::io::{BufRead, BufReader};
-    use std::net::SocketAddr;
-    use std::path::PathBuf;
-    use std::process::{Child, Command, ExitStatus, Stdio};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use serde_json::Value;
-
-    use super::support::{binary, DEADLINE};
-
-    /// `[server]` with a kernel-chosen listen and admin address, then `server_extra` (which may
-    /// open `[server.tls]`), `[upstream]` and `body`.
-    pub fn config_text(upstream_url: &str, server_extra: &str, body: &str) -> String {
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n\n\
-             [upstream]\nurl = \"{upstream_url}\"\n\n{body}\n"
-        )
-    }
-
-    /// The proxy binary, run on a config file in its own directory, with its pid at hand so
-    /// tests can send it signals and watch it exit. Killed when dropped.
-    pub struct Running {
-        /// The first proxy listen address.
-        pub addr: SocketAddr,
-        /// The admin listen address.
-        pub admin: SocketAddr,
-        /// The config file (rewritten by reload tests).
-        pub config_path: PathBuf,
-        /// The directory holding the config and any certificate files.
-        pub dir: tempfile::TempDir,
-        child: Child,
-        stdout: Arc<Mutex<Vec<String>>>,
-        stderr: Arc<Mutex<Vec<String>>>,
-    }
-
-    impl Running {
-        /// A fresh directory for the config and its files.
-        pub fn dir() -> tempfile::TempDir {
-            tempfile::tempdir().expect("tempdir")
-        }
-
-        /// Writes `text` to `dir/portcullis.toml`, starts the proxy on it and waits until it
-        /// logged both `listening` and `admin listening`.
-        pub async fn start(dir: tempfile::TempDir, text: &str) -> Running {
-            let config_path = dir.path().join("portcullis.toml");
-            std::fs::write(&config_path, text).unwrap();
-            let mut child = Command::new(binary())
-                .arg("run")
-                .arg("--config")
-                .arg(&config_path)
-                .arg("--log-format")
-                .arg("json")
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn the proxy binary");
-            let stdout = capture(child.stdout.take().expect("piped stdout"));
-            let stderr = capture(child.stderr.take().expect("piped stderr"));
-            let start = Instant::now();
-            loop {
-                let lines = stdout.lock().unwrap().clone();
-                let field = |message: &str, key: &str| {
-                    lines.iter().find_map(|line| {
-                        let v: Value = serde_json::from_str(line).ok()?;
-                        (v["message"] == message).then(|| v[key].as_str().map(str::to_string))?
-                    })
-                };
-                if let (Some(listen), Some(admin)) = (
-                    field("listening", "listen"),
-                    field("admin listening", "admin_listen"),
-                ) {
-                    let addr = listen
-                        .split(',')
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .expect("listen address");
-                    let admin = admin.parse().expect("admin address");
-                    return Running {
-                        addr,
-                        admin,
-                        config_path,
-                        dir,
-                        child,
-                        stdout,
-                        stderr,
-                    };
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    panic!(
-                        "the proxy exited ({status}) before listening.\nconfig:\n{text}\nstdout:\n{}\nstderr:\n{}",
-                        stdout.lock().unwrap().join("\n"),
-                        stderr.lock().unwrap().join("\n")
-                    );
-                }
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "the proxy did not log `listening` and `admin listening` in time"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-
-        /// The process id.
-        pub fn pid(&self) -> u32 {
-            self.child.id()
-        }
-
-        /// Sends `SIG<name>` with `kill`, after waiting until the process has a handler for it
-        /// (so a signal sent right after start-up is never taken by the default action).
-        pub async fn signal(&self, name: &str) {
-            let number = match name {
-                "HUP" => 1,
-                "INT" => 2,
-                "TERM" => 15,
-                other => panic!("unexpected signal {other}"),
-            };
-            let start = Instant::now();
-            while !self.catches(number) {
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "the proxy never installed a SIG{name} handler"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let status = Command::new("kill")
-                .args([format!("-{name}"), self.pid().to_string()])
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill -{name} failed");
-        }
-
-        /// Whether the process catches signal `number` (from /proc/PID/status `SigCgt`).
-        fn catches(&self, number: u32) -> bool {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else {
-                // No procfs: cannot tell, assume yes.
-                return true;
-            };
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-                .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
-        }
-
-        /// Waits for the process to exit, at most `limit`.
-        pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-            let start = Instant::now();
-            loop {
-                if let Some(status) = self.child.try_wait().expect("try_wait") {
-                    return status;
-                }
-                assert!(
-                    start.elapsed() < limit,
-                    "the proxy did not exit within {limit:?}:\n{}",
-                    self.all_output()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-
-        /// Replaces the config file (read again on SIGHUP).
-        pub fn rewrite_config(&self, text: &str) {
-            std::fs::write(&self.config_path, text).unwrap();
-        }
-
-        /// Every stdout line so far.
-        pub fn logs(&self) -> Vec<String> {
-            self.stdout.lock().unwrap().clone()
-        }
-
-        /// Everything printed so far, for failure messages.
-        pub fn all_output(&self) -> String {
-            let mut all = self.logs();
-            all.extend(self.stderr.lock().unwrap().iter().cloned());
-            all.join("\n")
-        }
-
-        /// Every stdout line parsed as JSON.
-        pub fn events(&self) -> Vec<Value> {
-            self.logs()
-                .iter()
-                .map(|line| {
-                    serde_json::from_str(line)
-                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"))
-                })
-                .collect()
-        }
-
-        /// Events whose `message` is `message`.
-        pub fn events_named(&self, message: &str) -> Vec<Value> {
-            self.events()
-                .into_iter()
-                .filter(|v| v["message"] == message)
-                .collect()
-        }
-
-        /// Waits until at least `n` events named `message` were logged; returns them all.
-        pub async fn wait_for_events(&self, message: &str, n: usize) -> Vec<Value> {
-            let start = Instant::now();
-            loop {
-                let found = self.events_named(message);
-                if found.len() >= n {
-                    return found;
-                }
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "expected {n} `{message}` events, got {}:\n{}",
-                    found.len(),
-                    self.all_output()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-
-        /// The access event with this request id (waits for it; exactly one).
-        pub async fn access_for(&self, request_id: &str) -> Value {
-            let start = Instant::now();
-            loop {
-                let found: Vec<Value> = self
-                    .events_named("access")
-                    .into_iter()
-                    .filter(|v| v["request_id"] == request_id)
-                    .collect();
-                if let Some(first) = found.first() {
-                    assert_eq!(
-                        found.len(),
-                        1,
-                        "several access events for {request_id}: {found:#?}"
-                    );
-                    return first.clone();
-                }
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "no access event for request id {request_id}:\n{}",
-                    self.all_output()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn capture(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-        let sink: Arc<Mutex<Vec<String>>> = Arc::default();
-        let lines = sink.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line)
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string();
-                        lines.lock().unwrap().push(text);
-                    }
-                }
-            }
-        });
-        sink
-    }
+/// `[server]` with a kernel-chosen listen and admin address, then `server_extra` (which may
+/// open `[server.tls]`), `[upstream]` and `body`.
+fn config_text(upstream_url: &str, server_extra: &str, body: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n\n\
+         [upstream]\nurl = \"{upstream_url}\"\n\n{body}\n"
+    )
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1: (cert PEM, key PEM, cert DER).
@@ -570,15 +300,15 @@ fn assert_metric(text: &str, series: &str, expected: f64) {
 }
 
 /// `GET /metrics` on the admin listener.
-async fn scrape(proxy: &Running) -> String {
-    let response = send(proxy.admin, "GET", "/metrics", &[], Bytes::new()).await;
+async fn scrape(proxy: &Proxy) -> String {
+    let response = send(proxy.admin(), "GET", "/metrics", &[], Bytes::new()).await;
     assert_eq!(response.status, 200, "{}", response.text());
     response.text()
 }
 
 /// Scrapes until `series` has `expected` (counters updated after the response is written, and
 /// connection gauges updated when the server notices a close, settle shortly after).
-async fn wait_metric(proxy: &Running, series: &str, expected: f64) -> String {
+async fn wait_metric(proxy: &Proxy, series: &str, expected: f64) -> String {
     let start = Instant::now();
     loop {
         let text = scrape(proxy).await;
@@ -594,13 +324,13 @@ async fn wait_metric(proxy: &Running, series: &str, expected: f64) -> String {
 }
 
 /// Sends a request to the proxy's listener.
-async fn get(proxy: &Running, path: &str, headers: &[(&str, &str)]) -> Resp {
+async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Resp {
     send(proxy.addr, "GET", path, headers, Bytes::new()).await
 }
 
 /// Asserts the status and the access event's decision and reason; returns the event.
 async fn expect(
-    proxy: &Running,
+    proxy: &Proxy,
     response: &Resp,
     status: u16,
     decision: &str,
@@ -636,10 +366,10 @@ auth = []
 async fn tls_serves_http1_and_http2_by_alpn() {
     let upstream = Upstream::start().await;
     let (cert, key, der) = self_signed();
-    let dir = Running::dir();
+    let dir = tempfile::tempdir().unwrap();
     let tls = tls_section(dir.path(), &cert, &key);
     let body = format!("{}{TLS_ROUTES}", principals());
-    let proxy = Running::start(dir, &ops::config_text(&upstream.url(), &tls, &body)).await;
+    let proxy = Proxy::start_in(dir, &config_text(&upstream.url(), &tls, &body)).await;
 
     // HTTP/1.1, chosen by ALPN.
     let stream = tls_connect(proxy.addr, client(&[&der], &[b"http/1.1"]))
@@ -728,10 +458,10 @@ async fn tls_serves_http1_and_http2_by_alpn() {
 async fn tls_listener_refuses_plain_http_and_tls_below_1_2() {
     let upstream = Upstream::start().await;
     let (cert, key, der) = self_signed();
-    let dir = Running::dir();
+    let dir = tempfile::tempdir().unwrap();
     let tls = tls_section(dir.path(), &cert, &key);
     let body = format!("{}{TLS_ROUTES}", principals());
-    let proxy = Running::start(dir, &ops::config_text(&upstream.url(), &tls, &body)).await;
+    let proxy = Proxy::start_in(dir, &config_text(&upstream.url(), &tls, &body)).await;
 
     // Plain text on the TLS port: closed (or answered with an error), never served.
     let answer = raw_exchange(
@@ -816,10 +546,10 @@ async fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
     let (cert_a, key_a, der_a) = self_signed();
     let (cert_b, key_b, der_b) = self_signed();
     assert_ne!(der_a, der_b);
-    let dir = Running::dir();
+    let dir = tempfile::tempdir().unwrap();
     let tls = tls_section(dir.path(), &cert_a, &key_a);
     let body = format!("{}{TLS_ROUTES}", principals());
-    let proxy = Running::start(dir, &ops::config_text(&upstream.url(), &tls, &body)).await;
+    let proxy = Proxy::start_in(dir, &config_text(&upstream.url(), &tls, &body)).await;
     let trust_both = client(&[&der_a, &der_b], &[b"http/1.1"]);
 
     // A keep-alive connection made before the reload, on certificate A.
@@ -831,8 +561,8 @@ async fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
     assert_eq!(h1_get(&mut before, "/public/before", &[]).await.status, 200);
 
     // New certificate files, then SIGHUP.
-    write_file(proxy.dir.path(), "cert.pem", &cert_b);
-    write_file(proxy.dir.path(), "key.pem", &key_b);
+    write_file(proxy.dir(), "cert.pem", &cert_b);
+    write_file(proxy.dir(), "key.pem", &key_b);
     proxy.signal("HUP").await;
     proxy.wait_for_events("configuration reloaded", 1).await;
 
@@ -867,7 +597,7 @@ async fn tls_certificate_reloads_on_sighup_without_dropping_connections() {
     assert!(!before.is_closed());
 
     // An unusable certificate file: the reload fails and certificate B stays.
-    write_file(proxy.dir.path(), "cert.pem", "not a certificate\n");
+    write_file(proxy.dir(), "cert.pem", "not a certificate\n");
     proxy.signal("HUP").await;
     let failures = proxy
         .wait_for_events("reload failed: keeping the running configuration", 1)
@@ -913,19 +643,19 @@ realm = "API"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_mix_of_requests_exactly() {
     let upstream = Upstream::start().await;
-    let proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&upstream.url(), "", &metrics_body()),
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "", &metrics_body()),
     )
     .await;
 
     // Health and readiness (memory store).
-    let health = send(proxy.admin, "GET", "/healthz", &[], Bytes::new()).await;
+    let health = send(proxy.admin(), "GET", "/healthz", &[], Bytes::new()).await;
     assert_eq!(health.status, 200, "{}", health.text());
-    let ready = send(proxy.admin, "GET", "/readyz", &[], Bytes::new()).await;
+    let ready = send(proxy.admin(), "GET", "/readyz", &[], Bytes::new()).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(
-        send(proxy.admin, "GET", "/nothing", &[], Bytes::new())
+        send(proxy.admin(), "GET", "/nothing", &[], Bytes::new())
             .await
             .status,
         404
@@ -1132,9 +862,9 @@ async fn metrics_count_upstream_failures_and_admin_paths_can_be_routed_upstream(
     // Upstream down: 502, counted as an upstream error and an `upstream_unreachable` failure.
     let dead = dead_address().await;
     let body = "[[route]]\npath = \"/\"\nauth = []\n";
-    let proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&format!("http://{dead}"), "", body),
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&format!("http://{dead}"), "", body),
     )
     .await;
     let response = get(&proxy, "/anything", &[]).await;
@@ -1167,7 +897,11 @@ async fn metrics_count_upstream_failures_and_admin_paths_can_be_routed_upstream(
 
     // With a public catch-all route, /metrics on the proxy port goes to the upstream.
     let upstream = Upstream::start().await;
-    let proxy = Running::start(Running::dir(), &ops::config_text(&upstream.url(), "", body)).await;
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "", body),
+    )
+    .await;
     let response = get(&proxy, "/metrics", &[]).await;
     assert_eq!(response.status, 200);
     assert_eq!(
@@ -1193,14 +927,14 @@ async fn readyz_is_503_while_the_redis_session_store_is_unreachable() {
          [[route]]\npath = \"/\"\nauth = [\"session\", \"basic\"]\n\n[[route]]\npath = \"/public\"\nauth = []\n",
         principals()
     );
-    let proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&upstream.url(), "", &body),
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "", &body),
     )
     .await;
-    let health = send(proxy.admin, "GET", "/healthz", &[], Bytes::new()).await;
+    let health = send(proxy.admin(), "GET", "/healthz", &[], Bytes::new()).await;
     assert_eq!(health.status, 200, "the process is up: {}", health.text());
-    let ready = send(proxy.admin, "GET", "/readyz", &[], Bytes::new()).await;
+    let ready = send(proxy.admin(), "GET", "/readyz", &[], Bytes::new()).await;
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert!(ready.text().contains("session store"), "{}", ready.text());
     // Not ready is not down: a public route still works.
@@ -1215,14 +949,14 @@ async fn readyz_is_503_until_the_jwks_url_was_fetched() {
         "[jwt]\nissuer = \"https://id.test/\"\naudience = \"portcullis\"\nalgorithms = [\"RS256\"]\n\
          jwks_url = \"http://{dead}/jwks.json\"\n\n[[route]]\npath = \"/\"\nauth = [\"bearer\"]\n"
     );
-    let proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&upstream.url(), "", &body),
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "", &body),
     )
     .await;
-    let health = send(proxy.admin, "GET", "/healthz", &[], Bytes::new()).await;
+    let health = send(proxy.admin(), "GET", "/healthz", &[], Bytes::new()).await;
     assert_eq!(health.status, 200, "{}", health.text());
-    let ready = send(proxy.admin, "GET", "/readyz", &[], Bytes::new()).await;
+    let ready = send(proxy.admin(), "GET", "/readyz", &[], Bytes::new()).await;
     assert_eq!(
         ready.status,
         503,
@@ -1261,7 +995,11 @@ async fn reload_applies_users_tokens_and_passwords_at_once_and_keeps_serving_on_
         user("alice", alice_hash(), "admins"),
         user("bob", bob_hash(), "staff")
     );
-    let proxy = Running::start(Running::dir(), &ops::config_text(&upstream.url(), "", &v1)).await;
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "", &v1),
+    )
+    .await;
 
     // Before: alice, bob and the token work (and the passwords are now cached as verified).
     for _ in 0..2 {
@@ -1330,7 +1068,7 @@ async fn reload_applies_users_tokens_and_passwords_at_once_and_keeps_serving_on_
         user("alice", &alice_new_hash, "admins"),
         user("carol", &carol_hash, "staff")
     );
-    let v2_text = ops::config_text(&upstream.url(), "", &v2);
+    let v2_text = config_text(&upstream.url(), "", &v2);
     proxy.rewrite_config(&v2_text);
     proxy.signal("HUP").await;
     proxy.wait_for_events("configuration reloaded", 1).await;
@@ -1468,9 +1206,9 @@ async fn sigterm_drains_the_in_flight_request_refuses_new_connections_and_exits_
     let upstream = Upstream::start().await;
     let grace = Duration::from_secs(10);
     let body = "[[route]]\npath = \"/public\"\nauth = []\n";
-    let mut proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&upstream.url(), "shutdown_grace = \"10s\"", body),
+    let mut proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "shutdown_grace = \"10s\"", body),
     )
     .await;
     let addr = proxy.addr;
@@ -1536,7 +1274,7 @@ async fn sigterm_drains_the_in_flight_request_refuses_new_connections_and_exits_
         .events_named("grace period over: closing the remaining connections")
         .is_empty());
     assert!(
-        refused(proxy.admin).await,
+        refused(proxy.admin()).await,
         "the admin listener outlived the process"
     );
 }
@@ -1545,9 +1283,9 @@ async fn sigterm_drains_the_in_flight_request_refuses_new_connections_and_exits_
 async fn sigterm_gives_up_on_requests_after_the_grace_period() {
     let upstream = Upstream::start().await;
     let body = "[[route]]\npath = \"/public\"\nauth = []\n";
-    let mut proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&upstream.url(), "shutdown_grace = \"500ms\"", body),
+    let mut proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "shutdown_grace = \"500ms\"", body),
     )
     .await;
     let addr = proxy.addr;
@@ -1597,10 +1335,10 @@ async fn sigterm_gives_up_on_requests_after_the_grace_period() {
 async fn sigterm_right_after_listening_still_exits_0() {
     let upstream = Upstream::start().await;
     let body = "[[route]]\npath = \"/\"\nauth = []\n";
-    let text = ops::config_text(&upstream.url(), "", body);
+    let text = config_text(&upstream.url(), "", body);
     // The window is a few microseconds wide: try several times.
     for attempt in 0..20 {
-        let dir = Running::dir();
+        let dir = tempfile::tempdir().unwrap();
         let config = write_file(dir.path(), "portcullis.toml", &text);
         let mut child = std::process::Command::new(binary())
             .args([
@@ -1713,9 +1451,9 @@ type RealRequest = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_gives_the_decision_and_reason_the_proxy_logs() {
     let upstream = Upstream::start().await;
-    let proxy = Running::start(
-        Running::dir(),
-        &ops::config_text(&upstream.url(), "", &explain_body()),
+    let proxy = Proxy::start_in(
+        tempfile::tempdir().unwrap(),
+        &config_text(&upstream.url(), "", &explain_body()),
     )
     .await;
     let config = proxy.config_path.clone();
@@ -1902,15 +1640,15 @@ async fn explain_gives_the_decision_and_reason_the_proxy_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_fails_cleanly_on_bad_input() {
-    let dir = Running::dir();
+    let dir = tempfile::tempdir().unwrap();
     let good = write_file(
         dir.path(),
         "good.toml",
-        &ops::config_text("http://127.0.0.1:9", "", &explain_body()),
+        &config_text("http://127.0.0.1:9", "", &explain_body()),
     );
     let bad_text = format!(
         "{}\n[[route]]\npath = \"/x\"\nrealmm = \"y\"\nauth = []\n",
-        ops::config_text("http://127.0.0.1:9", "", &explain_body())
+        config_text("http://127.0.0.1:9", "", &explain_body())
     );
     let bad_line = bad_text
         .lines()

@@ -50,31 +50,6 @@ async fn start(upstream: &Upstream) -> Proxy {
     Proxy::start(upstream, &body("")).await
 }
 
-/// Signs in through the form (same-origin POST) and returns the session cookie.
-async fn sign_in(proxy: &Proxy, user: &str, password: &str) -> String {
-    let origin = format!("http://{}", proxy.addr);
-    let form = form_urlencoded::Serializer::new(String::new())
-        .append_pair("username", user)
-        .append_pair("password", password)
-        .append_pair("next", "/")
-        .finish();
-    let response = proxy
-        .send(
-            "POST",
-            "/.portcullis/login",
-            &[
-                ("origin", origin.as_str()),
-                ("content-type", "application/x-www-form-urlencoded"),
-                HTML,
-            ],
-            form,
-        )
-        .await;
-    assert_eq!(response.status, 303, "{}", response.text());
-    let set_cookie = response.header("set-cookie").expect("a session cookie");
-    set_cookie.split(';').next().unwrap().to_string()
-}
-
 /// Asserts the things every HTML page shares and returns its text.
 fn assert_page(response: &Resp, status: u16, heading: &str) -> String {
     assert_eq!(response.status, status, "{}", response.text());

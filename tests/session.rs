@@ -17,39 +17,10 @@ mod common {
 
     use super::support::*;
 
-    /// The default cookie name.
-    pub const COOKIE: &str = "portcullis_session";
-
-    /// Routes of every session test:
-    /// - `/` accepts a session or Basic (realm "Main"),
-    /// - `/app` accepts only a session (realm "App"),
-    /// - `/basic` accepts only Basic (realm "Basic only"),
-    /// - `/public` is public.
-    pub const ROUTES: &str = r#"
-[[route]]
-path = "/"
-auth = ["session", "basic"]
-realm = "Main"
-
-[[route]]
-path = "/app"
-auth = ["session"]
-realm = "App"
-
-[[route]]
-path = "/basic"
-auth = ["basic"]
-realm = "Basic only"
-
-[[route]]
-path = "/public"
-auth = []
-"#;
-
-    /// Users, `[session]` with `session_lines`, a page title and [`ROUTES`].
+    /// Users, `[session]` with `session_lines`, a page title and [`SESSION_ROUTES`].
     pub fn body(session_lines: &str) -> String {
         format!(
-            "{}\n[session]\n{session_lines}\n\n[pages]\ntitle = \"Test Corp\"\n{ROUTES}",
+            "{}\n[session]\n{session_lines}\n\n[pages]\ntitle = \"Test Corp\"\n{SESSION_ROUTES}",
             principals()
         )
     }
@@ -62,104 +33,15 @@ auth = []
         Proxy::start(upstream, &body(&lines)).await
     }
 
-    /// `http://<proxy addr>`: the Origin a same-origin form POST carries.
-    pub fn origin(proxy: &Proxy) -> String {
-        format!("http://{}", proxy.addr)
-    }
-
-    /// A urlencoded form body.
-    pub fn form(pairs: &[(&str, &str)]) -> String {
-        let mut s = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in pairs {
-            s.append_pair(k, v);
-        }
-        s.finish()
-    }
-
-    /// POSTs the login form with a same-origin `Origin` plus `extra` headers.
-    pub async fn login_with(
-        proxy: &Proxy,
-        user: &str,
-        password: &str,
-        next: &str,
-        extra: &[(&str, &str)],
-    ) -> Resp {
-        let origin = origin(proxy);
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("origin", origin.as_str()),
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("accept", "text/html"),
-        ];
-        headers.extend_from_slice(extra);
-        let body = form(&[("username", user), ("password", password), ("next", next)]);
-        proxy
-            .send("POST", "/.portcullis/login", &headers, body)
-            .await
-    }
-
-    /// Logs alice in and returns the new session id.
-    pub async fn login(proxy: &Proxy) -> String {
-        let response = login_with(proxy, "alice", ALICE_PW, "/", &[]).await;
-        assert_eq!(response.status, 303, "login: {}", response.text());
-        session_id(&response)
-    }
-
-    /// The `Set-Cookie` for our cookie (panics if absent or repeated).
-    pub fn set_cookie(response: &Resp) -> String {
-        let ours: Vec<String> = response
-            .header_all("set-cookie")
-            .into_iter()
-            .filter(|c| c.starts_with(&format!("{COOKIE}=")))
-            .collect();
-        assert_eq!(
-            ours.len(),
-            1,
-            "exactly one Set-Cookie for {COOKIE}: {response:?}"
-        );
-        ours.into_iter().next().unwrap()
-    }
-
-    /// Whether the response sets our cookie at all.
-    pub fn sets_cookie(response: &Resp) -> bool {
-        response
-            .header_all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with(&format!("{COOKIE}=")))
-    }
-
-    /// The session id a response sets (asserting its shape: 43 URL-safe base64 characters).
-    pub fn session_id(response: &Resp) -> String {
-        let cookie = set_cookie(response);
-        let value = cookie
-            .strip_prefix(&format!("{COOKIE}="))
-            .and_then(|rest| rest.split(';').next())
-            .unwrap()
-            .to_string();
-        assert_eq!(
-            value.len(),
-            43,
-            "256-bit id in unpadded base64url: {cookie}"
-        );
-        assert!(
-            value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-            "{cookie}"
-        );
-        value
-    }
-
     /// Asserts the response clears our cookie (empty value, `Max-Age=0`).
     pub fn assert_clears_cookie(response: &Resp) {
         let cookie = set_cookie(response);
-        assert!(cookie.starts_with(&format!("{COOKIE}=;")), "{cookie}");
+        assert!(
+            cookie.starts_with(&format!("{SESSION_COOKIE}=;")),
+            "{cookie}"
+        );
         assert!(cookie.contains("; Max-Age=0"), "{cookie}");
         assert!(cookie.contains("; Path=/"), "{cookie}");
-    }
-
-    /// `portcullis_session=<id>`.
-    pub fn cookie(id: &str) -> String {
-        format!("{COOKIE}={id}")
     }
 
     /// The query pairs of a `Location` such as `/.portcullis/login?next=…&ended=…`.
@@ -256,7 +138,7 @@ async fn login_redirects_to_next_with_a_fresh_cookie_and_the_right_flags() {
     let cookie = set_cookie(&response);
     assert_eq!(
         cookie,
-        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200"),
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200"),
         "Max-Age is the absolute lifetime; no Secure with cookie_secure = false"
     );
     let event = proxy.access_of(&response).await;
@@ -290,7 +172,7 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     let id = session_id(&response);
     assert_eq!(
         set_cookie(&response),
-        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600; Secure")
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600; Secure")
     );
     // The clearing cookie of a logout carries the same attributes, so the browser drops it.
     let origin = origin(&proxy);
@@ -307,7 +189,7 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     let cleared = set_cookie(&out);
     assert_eq!(
         cleared,
-        format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure")
+        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure")
     );
 
     // cookie_domain and cookie_name are honoured.
@@ -350,7 +232,10 @@ async fn the_session_admits_and_the_upstream_never_sees_the_session_cookie() {
     let id = login(&proxy).await;
 
     // Session-only route, our cookie between two others.
-    let jar = format!("theme=dark; {}; lang=en; {COOKIE}_x=keep", cookie(&id));
+    let jar = format!(
+        "theme=dark; {}; lang=en; {SESSION_COOKIE}_x=keep",
+        cookie(&id)
+    );
     let response = proxy.get("/app/page?x=1", &[("cookie", &jar)]).await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert!(
@@ -367,7 +252,7 @@ async fn the_session_admits_and_the_upstream_never_sees_the_session_cookie() {
     );
     assert_eq!(
         seen.header("cookie").as_deref(),
-        Some(format!("theme=dark; lang=en; {COOKIE}_x=keep").as_str()),
+        Some(format!("theme=dark; lang=en; {SESSION_COOKIE}_x=keep").as_str()),
         "only the session cookie is removed"
     );
     let event = proxy.access_of(&response).await;
@@ -397,7 +282,7 @@ async fn the_session_admits_and_the_upstream_never_sees_the_session_cookie() {
     assert_eq!(RawResp::parse(&raw).status, 200, "{raw}");
     let seen = upstream.only("/app/two");
     let sent: Vec<String> = seen.header_all("cookie");
-    assert!(!sent.iter().any(|c| c.contains(COOKIE)), "{sent:?}");
+    assert!(!sent.iter().any(|c| c.contains(SESSION_COOKIE)), "{sent:?}");
     assert_eq!(sent.join("; "), "a=1; b=2");
 
     // Routes that do not use sessions never forward it either.
@@ -1076,7 +961,7 @@ async fn an_unknown_or_malformed_cookie_is_refused_and_cleared() {
     let upstream = Upstream::start().await;
     let proxy = start(&upstream, "10m", "1h").await;
     let unknown = cookie("Zm9yZ2VkLXNlc3Npb24taWQtdGhhdC1uZXZlci1leGk");
-    assert_eq!(unknown.len(), COOKIE.len() + 1 + 43);
+    assert_eq!(unknown.len(), SESSION_COOKIE.len() + 1 + 43);
 
     let response = proxy.get("/app/x", &[("cookie", &unknown)]).await;
     assert_proxy_made(&proxy, &response, 401, "deny", "session_unknown").await;
@@ -1229,7 +1114,7 @@ async fn logout_ends_the_session_and_a_replayed_cookie_is_refused() {
     let lines = "cookie_secure = false\n\n[login]\nafter_logout = \"/public/bye\"";
     let proxy = Proxy::start(&upstream, &body(lines)).await;
     let id = login(&proxy).await;
-    let origin = common::origin(&proxy);
+    let origin = support::origin(&proxy);
     let response = proxy
         .send(
             "POST",
@@ -1333,7 +1218,7 @@ async fn a_basic_login_from_a_browser_also_starts_a_session() {
     let id = session_id(&response);
     assert_eq!(
         set_cookie(&response),
-        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600")
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600")
     );
     let seen = upstream.only("/home");
     assert_eq!(

@@ -22,9 +22,6 @@ mod common {
 
     use super::support::*;
 
-    /// The default cookie name.
-    pub const COOKIE: &str = "portcullis_session";
-
     /// Whether `redis-server` can be run. Panics when it cannot and `CI` is set.
     pub fn redis_installed() -> bool {
         let found = Command::new("redis-server")
@@ -238,85 +235,14 @@ mod common {
         })
     }
 
-    /// Routes: `/` session or Basic, `/app` session only, `/basic` Basic only, `/public`.
-    pub const ROUTES: &str = r#"
-[[route]]
-path = "/"
-auth = ["session", "basic"]
-realm = "Main"
-
-[[route]]
-path = "/app"
-auth = ["session"]
-realm = "App"
-
-[[route]]
-path = "/basic"
-auth = ["basic"]
-realm = "Basic only"
-
-[[route]]
-path = "/public"
-auth = []
-"#;
-
     /// A proxy on Redis at `url` with these timeouts.
     pub async fn start(upstream: &Upstream, url: &str, idle: &str, absolute: &str) -> Proxy {
         let body = format!(
             "{}\n[session]\nstore = \"redis\"\nredis_url = \"{url}\"\ncookie_secure = false\n\
-             idle_timeout = \"{idle}\"\nabsolute_timeout = \"{absolute}\"\n{ROUTES}",
+             idle_timeout = \"{idle}\"\nabsolute_timeout = \"{absolute}\"\n{SESSION_ROUTES}",
             principals()
         );
         Proxy::start(upstream, &body).await
-    }
-
-    /// POSTs the login form for alice with a same-origin Origin.
-    pub async fn post_login(proxy: &Proxy) -> Resp {
-        let origin = format!("http://{}", proxy.addr);
-        let body = format!(
-            "username=alice&password={}&next=%2F",
-            form_urlencoded::byte_serialize(ALICE_PW.as_bytes()).collect::<String>()
-        );
-        proxy
-            .send(
-                "POST",
-                "/.portcullis/login",
-                &[
-                    ("origin", &origin),
-                    ("content-type", "application/x-www-form-urlencoded"),
-                ],
-                body,
-            )
-            .await
-    }
-
-    /// Logs alice in and returns the session id.
-    pub async fn login(proxy: &Proxy) -> String {
-        let response = post_login(proxy).await;
-        assert_eq!(response.status, 303, "login: {}", response.text());
-        session_id(&response)
-    }
-
-    /// The session id a response sets.
-    pub fn session_id(response: &Resp) -> String {
-        let cookies: Vec<String> = response
-            .header_all("set-cookie")
-            .into_iter()
-            .filter(|c| c.starts_with(&format!("{COOKIE}=")))
-            .collect();
-        assert_eq!(cookies.len(), 1, "{response:?}");
-        let id = cookies[0][COOKIE.len() + 1..]
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
-        assert_eq!(id.len(), 43, "{cookies:?}");
-        id
-    }
-
-    /// `portcullis_session=<id>`.
-    pub fn cookie(id: &str) -> String {
-        format!("{COOKIE}={id}")
     }
 
     /// The Redis key of a session id: the prefix and the hex SHA-256 of the id.
@@ -584,7 +510,7 @@ async fn redis_down_fails_session_routes_closed_and_they_recover_when_it_returns
         .await;
     assert_eq!(response.status, 503);
     // A new login cannot be stored.
-    let response = post_login(&proxy).await;
+    let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
     assert_eq!(response.status, 503, "{}", response.text());
     assert!(response.header_all("set-cookie").is_empty());
     assert_eq!(
@@ -619,7 +545,7 @@ async fn redis_down_fails_session_routes_closed_and_they_recover_when_it_returns
     redis.restart();
     let started = Instant::now();
     let id = loop {
-        let response = post_login(&proxy).await;
+        let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
         if response.status == 303 {
             break session_id(&response);
         }
@@ -657,7 +583,7 @@ async fn a_proxy_started_before_redis_connects_once_it_is_up() {
     )
     .await;
     // Redis is not there yet: session routes fail closed, Basic works.
-    let response = post_login(&proxy).await;
+    let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
     assert_eq!(response.status, 503, "{}", response.text());
     let response = proxy
         .get("/app/x", &[("cookie", &cookie(&"A".repeat(43)))])
@@ -672,7 +598,7 @@ async fn a_proxy_started_before_redis_connects_once_it_is_up() {
     let _redis = Redis::start_on(port);
     let started = Instant::now();
     loop {
-        let response = post_login(&proxy).await;
+        let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
         if response.status == 303 {
             let id = session_id(&response);
             assert_eq!(
@@ -719,5 +645,59 @@ async fn a_browser_basic_login_on_a_mixed_route_still_works_while_redis_is_down(
             .header("x-forwarded-auth-method")
             .as_deref(),
         Some("basic")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_share_failure_counts_and_lockouts() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let body = format!(
+        "{}\n[session]\nstore = \"redis\"\nredis_url = \"{}\"\ncookie_secure = false\n\n\
+         [rate_limit]\nmax_failures = 4\nwindow = \"60s\"\nlockout = \"60s\"\n{SESSION_ROUTES}",
+        principals(),
+        redis.url()
+    );
+    let config =
+        ProxyConfig::new(upstream.url(), body).server("trusted_proxies = [\"127.0.0.1/32\"]");
+    let a = config.clone().start().await;
+    let b = config.start().await;
+    async fn attempt(proxy: &Proxy, ip: &str, user: &str, password: &str) -> Resp {
+        let credential = basic(user, password);
+        let headers = [
+            ("authorization", credential.as_str()),
+            ("x-forwarded-for", ip),
+        ];
+        proxy.get("/basic/x", &headers).await
+    }
+
+    // Four wrong passwords for alice, alternating instances, each from a new address: no
+    // address fails twice, but the user reaches the limit across the cluster.
+    for (n, proxy) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let ip = format!("198.51.100.{n}");
+        let response = attempt(proxy, &ip, "alice", WRONG_PW).await;
+        assert_proxy_made(proxy, &response, 401, "deny", "bad_password").await;
+    }
+    // Now alice is locked on both instances, from a fresh address, right password or not.
+    for proxy in [&a, &b] {
+        let response = attempt(proxy, "203.0.113.9", "alice", ALICE_PW).await;
+        assert_proxy_made(proxy, &response, 429, "deny", "rate_limited").await;
+        let retry: u64 = response.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    // Bob, from the same fresh address, is not.
+    let response = attempt(&b, "203.0.113.9", "bob", BOB_PW).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let forwarded: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(forwarded, ["/basic/x"], "only bob's request was forwarded");
+    assert_eq!(
+        upstream
+            .only("/basic/x")
+            .header("x-forwarded-user")
+            .as_deref(),
+        Some("bob")
     );
 }

@@ -24,10 +24,17 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX_ENTRIES: usize = 10_000;
 /// Pending verifications allowed per hashing thread before callers get 503.
 const QUEUE_PER_THREAD: usize = 32;
-/// Longest a verification may wait for a hashing thread. The threads run only on otherwise
-/// idle CPU, so on a saturated host the queue can stall; past this the caller gets 503 with
-/// `Retry-After` instead of hanging, and the stale job is skipped rather than hashed.
+/// Longest a verification may wait in the queue for a hashing thread. On a saturated host the
+/// queue can stall; past this the caller gets 503 with `Retry-After` instead of hanging, and
+/// the stale job is skipped rather than hashed.
 const MAX_QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Longest a caller waits for a verification that has started: generous, since a hash at
+/// the hashing threads' lower priority runs slowly while request handling keeps the CPU busy.
+const MAX_HASH_TIME: Duration = Duration::from_secs(10);
+/// Nice 10 on thread-priority's 0–99 scale (a test pins the mapping): below request handling,
+/// which at nice 0 gets about ten times the CPU share, but not the lowest, so other busy
+/// processes on the host cannot starve the hashing threads.
+const HASHING_NICE_PRIORITY: u8 = 22;
 
 /// An argon2id hash of a random password nobody knows: unknown users are verified against it
 /// so their answer takes as long as a known user's.
@@ -148,11 +155,16 @@ impl PasswordVerifier {
                 "password verification queue is full",
             )
         })?;
-        match tokio::time::timeout(MAX_QUEUE_WAIT, answer).await {
+        // A job still queued at its deadline is dropped unanswered by the worker.
+        match tokio::time::timeout(MAX_QUEUE_WAIT + MAX_HASH_TIME, answer).await {
             Ok(Ok(ok)) => Ok(ok),
-            Ok(Err(_)) | Err(_) => Err(Failure::new(
+            Ok(Err(_)) => Err(Failure::new(
                 FailReason::Overloaded,
                 format!("no hashing thread was free within {MAX_QUEUE_WAIT:?}"),
+            )),
+            Err(_) => Err(Failure::new(
+                FailReason::Overloaded,
+                format!("password verification took longer than {MAX_HASH_TIME:?}"),
             )),
         }
     }
@@ -171,14 +183,15 @@ fn hash_worker(queue: crossbeam_channel::Receiver<Job>) {
     }
 }
 
-/// Lowest priority: a flood of wrong passwords must queue behind request handling. The
-/// threads run at the lowest nice value, not under `SCHED_IDLE`: that policy starves them
-/// whenever anything else on the host is busy (another service, a build), and then every
-/// first sign-in fails with 503 however idle the proxy itself is.
+/// A lower priority: a flood of wrong passwords must queue behind request handling. A nice
+/// value of 10, not the lowest (19) and not `SCHED_IDLE`: those starve the threads whenever
+/// anything else on the host is busy (another service, a build), and then every first
+/// sign-in fails with 503 however idle the proxy itself is.
 fn lower_priority() {
-    if let Err(err) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
+    let nice_10 = thread_priority::ThreadPriorityValue::try_from(HASHING_NICE_PRIORITY)
+        .map(thread_priority::ThreadPriority::Crossplatform)
+        .unwrap_or(thread_priority::ThreadPriority::Min);
+    if let Err(err) = thread_priority::set_current_thread_priority(nice_10) {
         tracing::debug!(error = ?err, "cannot lower the hashing thread's priority");
     }
 }
@@ -242,6 +255,26 @@ impl VerifiedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_at_nice_10() {
+        let nice = std::thread::spawn(|| {
+            lower_priority();
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            // Field 19 is the nice value; fields after the parenthesised name start at 3.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            after_name
+                .split(' ')
+                .nth(16)
+                .unwrap()
+                .parse::<i32>()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(nice, 10);
+    }
 
     fn user(name: &str, hash: &str) -> User {
         User {

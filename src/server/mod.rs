@@ -13,8 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+mod framing;
 mod idle;
 
+pub use framing::FramingConflict;
+use framing::{FramingFlags, FramingWatch};
 use idle::{Activity, Tracked};
 
 use crate::app::{App, ConnInfo};
@@ -191,7 +194,14 @@ impl Driver {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = info.peer;
-        let service = service_fn(move |request| app.clone().handle(request, info));
+        let framing = Arc::new(FramingFlags::default());
+        let io = FramingWatch::new(io, framing.clone());
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            if framing.next_request_conflicts() {
+                request.extensions_mut().insert(FramingConflict);
+            }
+            app.clone().handle(request, info)
+        });
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);

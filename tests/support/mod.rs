@@ -8,6 +8,10 @@
 
 #![allow(dead_code)]
 
+mod sessions;
+#[allow(unused_imports)]
+pub use sessions::*;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -677,11 +681,13 @@ impl Captured {
 pub struct Proxy {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The admin listener, when the config has `admin_listen`.
+    admin: Option<SocketAddr>,
     /// The config file it was started with.
     pub config_path: PathBuf,
     child: Child,
     captured: Captured,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Path of the binary under test.
@@ -702,8 +708,6 @@ impl Proxy {
 
     async fn start_config(config: ProxyConfig) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("portcullis.toml");
-        std::fs::write(&config_path, config.text()).unwrap();
         for (name, contents) in &config.files {
             let path = dir.path().join(name);
             if let Some(parent) = path.parent() {
@@ -711,8 +715,33 @@ impl Proxy {
             }
             std::fs::write(path, contents).unwrap();
         }
+        Proxy::launch(
+            dir,
+            &config.text(),
+            !config.plain,
+            config.log_level.as_deref(),
+        )
+        .await
+    }
+
+    /// Writes `text` to `dir/portcullis.toml` (files it names may already be in `dir`) and
+    /// starts the proxy on it.
+    pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Proxy {
+        Proxy::launch(dir, text, true, None).await
+    }
+
+    /// Starts the binary and waits until it logged `listening` (and `admin listening` when
+    /// the config has an admin listener).
+    async fn launch(
+        dir: tempfile::TempDir,
+        text: &str,
+        run_subcommand: bool,
+        log_level: Option<&str>,
+    ) -> Proxy {
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, text).unwrap();
         let mut command = Command::new(binary());
-        if !config.plain {
+        if run_subcommand {
             command.arg("run");
         }
         command
@@ -724,26 +753,32 @@ impl Proxy {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(level) = &config.log_level {
+        if let Some(level) = log_level {
             command.arg("--log-level").arg(level);
         }
         let mut child = command.spawn().expect("spawn the proxy binary");
         let captured = Captured::attach(&mut child);
+        let wants_admin = text.contains("admin_listen");
         let start = Instant::now();
-        let addr = loop {
-            let listening = captured.stdout.lock().unwrap().iter().find_map(|line| {
-                let v: Value = serde_json::from_str(line).ok()?;
-                (v["message"] == "listening").then(|| v["listen"].as_str().map(str::to_string))?
-            });
-            if let Some(listen) = listening {
+        let (addr, admin) = loop {
+            let field = |message: &str, key: &str| {
+                captured.stdout.lock().unwrap().iter().find_map(|line| {
+                    let v: Value = serde_json::from_str(line).ok()?;
+                    (v["message"] == message).then(|| v[key].as_str().map(str::to_string))?
+                })
+            };
+            let listening = field("listening", "listen");
+            let admin = field("admin listening", "admin_listen");
+            if let Some(listen) = listening.filter(|_| admin.is_some() || !wants_admin) {
                 let first = listen.split(',').next().unwrap().to_string();
-                break first.parse::<SocketAddr>().expect("listen address");
+                let addr = first.parse::<SocketAddr>().expect("listen address");
+                let admin = admin.map(|a| a.parse::<SocketAddr>().expect("admin address"));
+                break (addr, admin);
             }
             if let Ok(Some(status)) = child.try_wait() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 panic!(
-                    "the proxy exited ({status}) before listening.\nconfig:\n{}\nstdout:\n{}\nstderr:\n{}",
-                    config.text(),
+                    "the proxy exited ({status}) before listening.\nconfig:\n{text}\nstdout:\n{}\nstderr:\n{}",
                     captured.stdout.lock().unwrap().join("\n"),
                     captured.stderr.lock().unwrap().join("\n")
                 );
@@ -756,10 +791,110 @@ impl Proxy {
         };
         Proxy {
             addr,
+            admin,
             config_path,
             child,
             captured,
-            _dir: dir,
+            dir,
+        }
+    }
+
+    /// The admin listener's address (panics when the config has none).
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("the config has an admin_listen")
+    }
+
+    /// The directory holding the config and the files next to it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `SIG<name>` with `kill`, after waiting until the process has a handler for it
+    /// (so a signal sent right after start-up is never taken by the default action).
+    pub async fn signal(&self, name: &str) {
+        let number = match name {
+            "HUP" => 1,
+            "INT" => 2,
+            "TERM" => 15,
+            other => panic!("unexpected signal {other}"),
+        };
+        let start = Instant::now();
+        while !self.catches(number) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the proxy never installed a SIG{name} handler"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Whether the process catches signal `number` (from /proc/PID/status `SigCgt`).
+    fn catches(&self, number: u32) -> bool {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) else {
+            // No procfs: cannot tell, assume yes.
+            return true;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the proxy did not exit within {limit:?}:\n{}",
+                self.all_output()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Replaces the config file (read again on SIGHUP).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Events whose `message` is `message`.
+    pub fn events_named(&self, message: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+
+    /// Waits until at least `n` events named `message` were logged; returns them all.
+    pub async fn wait_for_events(&self, message: &str, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let found = self.events_named(message);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "expected {n} `{message}` events, got {}:\n{}",
+                found.len(),
+                self.all_output()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
