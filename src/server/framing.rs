@@ -196,15 +196,18 @@ impl Scanner {
                         self.keep(bytes);
                         return;
                     };
-                    self.keep(&bytes[..end]);
+                    let line = &bytes[..end];
                     bytes = &bytes[end + 1..];
-                    let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                    if self.line.is_empty() {
+                        // The whole line is in this read: no copy.
+                        self.on_line(visible(line), flags);
+                    } else {
+                        self.keep(line);
+                        let carried = std::mem::take(&mut self.line);
+                        self.on_line(visible(&carried), flags);
+                        self.line = carried;
+                        self.line.clear();
                     }
-                    self.on_line(&line, flags);
-                    line.clear();
-                    self.line = line;
                 }
             }
         }
@@ -270,19 +273,28 @@ impl Scanner {
 
 impl Head {
     fn read_header(&mut self, line: &[u8]) {
-        let Some(colon) = memchr::memchr(b':', line) else {
-            return;
+        // hyper refuses whitespace before the colon, so each name of interest ends exactly
+        // where the colon is; its first letter and that position rule out most lines cheaply.
+        let named = |name: &[u8]| {
+            line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name)
         };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
-            self.has_content_length = true;
-            self.content_length = parse_decimal(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.has_transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            self.leaves_http = true;
+        match line.first().map(u8::to_ascii_lowercase) {
+            Some(b'c') if named(b"content-length") => {
+                self.has_content_length = true;
+                self.content_length = parse_decimal(line[15..].trim_ascii());
+            }
+            Some(b't') if named(b"transfer-encoding") => self.has_transfer_encoding = true,
+            Some(b'u') if named(b"upgrade") => self.leaves_http = true,
+            _ => {}
         }
     }
+}
+
+/// The part of a line the scanner reads: at most `LINE_KEEP` bytes, without the CR of CRLF
+/// (the same whether the line came in one read or several).
+fn visible(line: &[u8]) -> &[u8] {
+    let kept = &line[..line.len().min(LINE_KEEP)];
+    kept.strip_suffix(b"\r").unwrap_or(kept)
 }
 
 /// Consumes up to `left` bytes of body; returns how many are still to come.
