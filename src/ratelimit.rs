@@ -26,8 +26,8 @@ use crate::session::RedisStore;
 const MAX_TRACKED: usize = 100_000;
 
 /// A user name as the in-memory counters track it: a short name is its own key, a longer one
-/// its SHA-256, so a huge name costs no more than a short one (and the usual short name costs
-/// no hashing: without SHA extensions in the CPU, one SHA-256 block costs about a microsecond).
+/// its SHA-256, so a huge name costs no more than a short one (and the usual short name, looked
+/// up on every Basic request, costs no hashing).
 type UserKey = [u8; 32];
 
 /// Failure counting and lockouts.
