@@ -15,9 +15,9 @@
 # {SHA}, portcullis public route, Basic (argon2id, cached verification), static bearer
 # token, session cookie (memory store), session cookie (Redis store).
 #
-# Then memory (VmRSS of the proxy): idle, with 10,000 open keep-alive connections
-# (bench/conns.py), and with 100,000 live memory-store sessions (created through
-# POST /.portcullis/login). Then the wrong-password flood: a session client measured alone,
+# Then memory (VmRSS of the proxy): idle, with 100,000 live memory-store sessions (created
+# through POST /.portcullis/login), then with 10,000 more open keep-alive connections
+# (bench/conns.py). Then the wrong-password flood: a session client measured alone,
 # then again while 8 connections hammer wrong passwords — (a) one user from one address
 # (the rate limiter answers 429), (b) a new user name and a new X-Forwarded-For (from a
 # trusted loopback peer) on every attempt, so every attempt asks for an argon2id hash.
@@ -401,20 +401,9 @@ measure portcullis-session-redis  "$UP:$P_RED/session/"   predis   $CPU_LOAD "$C
 stop "${PG[predis]}"
 
 # ---------------------------------------------------------------- memory
-log "memory: $IDLE_CONNS keep-alive connections"
 RSS_AFTER_LOAD=$(rss_kib "${PG[pmem]}")
-mkfifo "$D/conns.ctl"
-exec 7<>"$D/conns.ctl"   # read-write: opening does not block; conns.py gets EOF when it closes
-bg $CPU_LOAD python3 "$BENCH/conns.py" 127.0.0.1 "$P_MEM" "$IDLE_CONNS" /public/ <"$D/conns.ctl" >"$D/conns.out" 2>&1 7>&-
-CONNS_PID=$BG_PID
-for _ in $(seq 1200); do grep -q '^OPEN' "$D/conns.out" 2>/dev/null && break; kill -0 "$CONNS_PID" 2>/dev/null || break; sleep 0.1; done
-OPENED=$(awk '/^OPEN/ {print $2}' "$D/conns.out"); OPENED=${OPENED:-0}
-sleep 1
-RSS_CONNS=$(rss_kib "${PG[pmem]}")
-exec 7>&-   # closing the fifo tells conns.py to close its connections and exit
-wait "$CONNS_PID" 2>/dev/null || true
-sleep 1
-
+# Sessions first: freed connection buffers are given back to the OS lazily, so a baseline
+# taken right after the connections close would still hold them.
 log "memory: $SESSIONS sessions via POST /.portcullis/login"
 live_sessions() { curl -s "http://127.0.0.1:$P_MEM_ADMIN/metrics" | awk '/^portcullis_live_sessions / {print $2}'; }
 S0=$(live_sessions); RSS_S0=$(rss_kib "${PG[pmem]}")
@@ -433,6 +422,20 @@ stop "$LOGIN_PID"
 sleep 1
 S1=$(live_sessions); RSS_S1=$(rss_kib "${PG[pmem]}")
 LOGIN_LINE="$(( ${S1:-0} - ${S0:-0} )) logins in $(awk -v ns=$((T_LOGIN1 - T_LOGIN0)) 'BEGIN { printf "%.1f", ns / 1e9 }') s"
+
+log "memory: $IDLE_CONNS keep-alive connections"
+mkfifo "$D/conns.ctl"
+exec 7<>"$D/conns.ctl"   # read-write: opening does not block; conns.py gets EOF when it closes
+bg $CPU_LOAD python3 "$BENCH/conns.py" 127.0.0.1 "$P_MEM" "$IDLE_CONNS" /public/ <"$D/conns.ctl" >"$D/conns.out" 2>&1 7>&-
+CONNS_PID=$BG_PID
+for _ in $(seq 1200); do grep -q '^OPEN' "$D/conns.out" 2>/dev/null && break; kill -0 "$CONNS_PID" 2>/dev/null || break; sleep 0.1; done
+OPENED=$(awk '/^OPEN/ {print $2}' "$D/conns.out"); OPENED=${OPENED:-0}
+sleep 1
+RSS_CONNS=$(rss_kib "${PG[pmem]}")
+exec 7>&-   # closing the fifo tells conns.py to close its connections and exit
+wait "$CONNS_PID" 2>/dev/null || true
+sleep 1
+
 stop "${PG[pmem]}"
 
 # ---------------------------------------------------------------- flood
@@ -477,8 +480,8 @@ echo
 echo "Memory (VmRSS of portcullis, memory store):"
 echo "  idle, just started:                       $(mib "$RSS_IDLE") MiB"
 echo "  idle, after the throughput runs:          $(mib "$RSS_AFTER_LOAD") MiB"
-echo "  with $OPENED open keep-alive connections:  $(mib "$RSS_CONNS") MiB  (+$(mib $((RSS_CONNS - RSS_AFTER_LOAD))) MiB)"
 echo "  live sessions ${S0:-?} -> ${S1:-?}:               $(mib "$RSS_S0") -> $(mib "$RSS_S1") MiB  (+$(mib $((RSS_S1 - RSS_S0))) MiB)   [$LOGIN_LINE]"
+echo "  then $OPENED open keep-alive connections:  $(mib "$RSS_CONNS") MiB  (+$(mib $((RSS_CONNS - RSS_S1))) MiB)"
 echo
 echo "Wrong-password flood, 8 connections, while the session client (wrk -t1 -c$CONNS) is measured:"
 printf "$FMT\n" client req/s p50_ms p99_ms errors x_nginx us/req cpu0% cpu1%
