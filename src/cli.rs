@@ -197,8 +197,11 @@ fn check(path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    println!("{} is valid", path.display());
-    print!("{}", describe(&config));
+    emit(&format!(
+        "{} is valid\n{}",
+        path.display(),
+        describe(&config)
+    ));
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
@@ -303,10 +306,9 @@ fn explain(
         eprintln!("error: {method:?} is not an HTTP method");
         return ExitCode::from(2);
     };
-    print!(
-        "{}",
-        crate::explain::explain(&config, &method, target, user, groups)
-    );
+    emit(&crate::explain::explain(
+        &config, &method, target, user, groups,
+    ));
     ExitCode::SUCCESS
 }
 
@@ -320,7 +322,7 @@ fn hash_password() -> ExitCode {
     };
     match PasswordHash::hash_argon2id(password.as_bytes()) {
         Ok(hash) => {
-            println!("{hash}");
+            emit(&format!("{hash}\n"));
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -358,11 +360,25 @@ fn gen_token(name: &str) -> ExitCode {
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-    println!("token: {token}");
-    println!();
-    println!("# Give the token to its client; put only its SHA-256 in the config:");
-    println!("[[tokens]]");
-    println!("name = {name:?}");
-    println!("token_sha256 = \"{digest}\"");
+    emit(&format!(
+        "token: {token}\n\n\
+         # Give the token to its client; put only its SHA-256 in the config:\n\
+         [[tokens]]\nname = {name:?}\ntoken_sha256 = \"{digest}\"\n"
+    ));
     ExitCode::SUCCESS
+}
+
+/// Writes a command's output to stdout. A reader that went away (`portcullis check | head -1`)
+/// ends the command quietly, as it ends any Unix filter, where `print!` would panic: Rust
+/// ignores SIGPIPE, so the write fails with `BrokenPipe` instead of the process being killed.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => {
+            eprintln!("error: cannot write to stdout: {err}");
+            std::process::exit(1);
+        }
+    }
 }

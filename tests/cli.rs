@@ -124,3 +124,22 @@ async fn plain_config_flag_runs_the_proxy() {
     assert_eq!(response.status, 200);
     assert_eq!(upstream.only("/public/plain").method, "GET");
 }
+
+/// `portcullis check | head -1`: the reader goes away before the routes table is written. The
+/// command must end quietly, as a Unix filter does, not panic on the broken pipe.
+#[test]
+fn check_into_a_closed_pipe_exits_quietly() {
+    let config = format!("{}/config/portcullis.toml", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config", &config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portcullis check");
+    // Close the read end before the command writes anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for portcullis check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
