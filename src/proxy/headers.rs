@@ -74,10 +74,17 @@ pub struct ForwardContext<'a> {
     pub preserve_host: bool,
 }
 
-/// Rewrites request headers for the upstream. Returns the `Upgrade` value to keep when the
-/// client asked for a protocol upgrade.
+/// `HTTP2-Settings` (RFC 7540 §3.2): only meaningful with an `h2c` upgrade, which is never
+/// passed on.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Rewrites request headers for the upstream. Of the protocol upgrades, only a WebSocket
+/// handshake is kept: any other (`h2c`, `TLS/1.2`, …) would let an upstream that switches
+/// turn this connection into a tunnel past every later check, so such a request goes on as a
+/// plain one.
 pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
-    let upgrade = requested_upgrade(headers);
+    let websocket = requests_websocket(headers);
+    headers.remove(&HTTP2_SETTINGS);
     let prior_for = ctx.peer_trusted.then(|| joined(headers, &X_FORWARDED_FOR));
     let prior_forwarded = ctx
         .peer_trusted
@@ -97,14 +104,14 @@ pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     }
     add_forwarding(headers, ctx, prior_for.flatten(), prior_forwarded.flatten());
     add_identity(headers, ctx);
-    if let Some(protocol) = upgrade {
+    if websocket {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
 }
 
 /// Strips hop-by-hop headers from an upstream response (keeping the upgrade handshake of a
-/// 101 response).
+/// 101 response, which the caller has checked is a WebSocket one).
 pub fn rewrite_response(headers: &mut HeaderMap, switching_protocols: bool) {
     let upgrade = switching_protocols
         .then(|| headers.get(header::UPGRADE).cloned())
@@ -117,13 +124,17 @@ pub fn rewrite_response(headers: &mut HeaderMap, switching_protocols: bool) {
     }
 }
 
-/// The `Upgrade` value, when `Connection` lists `upgrade`.
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+/// Whether the request asks for a WebSocket upgrade and nothing else: `Connection` lists
+/// `upgrade`, and there is one `Upgrade` header whose only token is `websocket` (any case).
+pub fn requests_websocket(headers: &HeaderMap) -> bool {
     let listed = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    if !listed {
-        return None;
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    match (listed, upgrades.next(), upgrades.next()) {
+        (true, Some(only), None) => only
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
     }
-    headers.get(header::UPGRADE).cloned()
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -402,5 +413,37 @@ mod tests {
         rewrite(&mut h, false);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_survives() {
+        for (connection, upgrade) in [
+            ("Upgrade, HTTP2-Settings", vec!["h2c"]),
+            ("upgrade", vec!["TLS/1.2"]),
+            ("upgrade", vec!["websocket, h2c"]),
+            ("upgrade", vec!["h2c, websocket"]),
+            ("upgrade", vec!["websocket", "h2c"]),
+            ("upgrade", vec!["websocket/13"]),
+            ("keep-alive", vec!["websocket"]),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            for u in &upgrade {
+                h.append(header::UPGRADE, HeaderValue::from_static(u));
+            }
+            h.insert(
+                HTTP2_SETTINGS,
+                HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"),
+            );
+            rewrite(&mut h, false);
+            assert!(!h.contains_key(header::UPGRADE), "{upgrade:?}");
+            assert!(!h.contains_key(header::CONNECTION), "{upgrade:?}");
+            assert!(!h.contains_key(HTTP2_SETTINGS), "{upgrade:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static(" WebSocket "));
+        rewrite(&mut h, false);
+        assert_eq!(h[header::UPGRADE], "websocket");
     }
 }

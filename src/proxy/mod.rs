@@ -109,8 +109,15 @@ impl Upstream {
         if !request.headers().contains_key(HOST) {
             request.headers_mut().insert(HOST, self.host.clone());
         }
-        let wants_upgrade = request.headers().contains_key(http::header::UPGRADE);
-        let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+        // The header rewrite kept `Upgrade` only for a WebSocket handshake.
+        let websocket_key = request
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| request.headers().get(SEC_WEBSOCKET_KEY).cloned())
+            .flatten();
+        let client_upgrade = websocket_key
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut request));
 
         let (mut response, conn) = match self.send(request).await {
             Ok(sent) => sent,
@@ -126,7 +133,18 @@ impl Upstream {
             Err(err) => return Err(classify(&err)),
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        if switching {
+            // Dropping the response and the connection closes that upstream connection: a
+            // connection that may have switched protocols is never used again.
+            let (Some(client_upgrade), Some(key)) = (client_upgrade, websocket_key) else {
+                return Err(Failure::new(
+                    FailReason::UpstreamUnreachable,
+                    "the upstream switched protocols on a request that asked for no WebSocket",
+                ));
+            };
+            if let Err(why) = check_websocket_accept(response.headers(), &key) {
+                return Err(Failure::new(FailReason::UpstreamUnreachable, why));
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
         }
@@ -202,6 +220,49 @@ impl Upstream {
     }
 }
 
+/// The GUID RFC 6455 §1.3 appends to the client's key.
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const SEC_WEBSOCKET_KEY: http::header::HeaderName = http::header::SEC_WEBSOCKET_KEY;
+
+/// Whether a 101 answer completes the client's WebSocket handshake: `Upgrade: websocket` and
+/// the `Sec-WebSocket-Accept` derived from the client's key (RFC 6455 §4.2.2). Anything else
+/// means the upstream switched to something the client did not ask for, and a tunnel to it
+/// would carry requests no route ever saw. The error is the log's detail.
+fn check_websocket_accept(headers: &http::HeaderMap, key: &HeaderValue) -> Result<(), String> {
+    let mut upgrades = headers.get_all(http::header::UPGRADE).iter();
+    let websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(only), None) => only
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
+    };
+    if !websocket {
+        return Err("the upstream answered 101 without `Upgrade: websocket`".to_string());
+    }
+    let mut accepts = headers.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
+    let accept = match (accepts.next(), accepts.next()) {
+        (Some(only), None) => only.as_bytes(),
+        _ => return Err("the upstream answered 101 without one Sec-WebSocket-Accept".to_string()),
+    };
+    if accept != websocket_accept(key.as_bytes()).as_bytes() {
+        return Err(
+            "the upstream answered 101 with a Sec-WebSocket-Accept that does not match the key"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// `base64(SHA-1(key + GUID))`: the accept value for a client's `Sec-WebSocket-Key`.
+fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key);
+    sha1.update(WEBSOCKET_GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
 /// Copies bytes both ways between the client's and the upstream's upgraded connections.
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -241,4 +302,18 @@ fn source_chain<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(err), |e| (*e).source())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_is_the_rfc_6455_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 }

@@ -18,6 +18,7 @@ mod paths;
 mod slow_clients;
 mod smuggling;
 mod spoofing;
+mod tunnels;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
