@@ -1,6 +1,7 @@
 //! The request pipeline, in SPEC §3 order: normalise and match, authenticate, authorise,
 //! forward. Refusals become responses in exactly one place (`handle`), and every request ends
-//! with exactly one access event.
+//! with exactly one access event: its `AccessGuard` emits it when dropped, with the response
+//! body or, when the client goes away first, with the request's future.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::ratelimit::FailureLimiter;
 use crate::response::{self, Body, Format, RefusalContext};
 use crate::server::FramingConflict;
 use crate::session::Sessions;
-use crate::telemetry::access::AccessRecord;
+use crate::telemetry::access::{AccessGuard, AccessRecord, Logged};
 use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
 
 /// A configuration with everything built from it; swapped whole on reload.
@@ -57,7 +58,7 @@ pub struct App {
     verifier: Arc<PasswordVerifier>,
     sessions: Sessions,
     limiter: FailureLimiter,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 /// What the server knows about the connection a request came on.
@@ -71,7 +72,8 @@ pub struct ConnInfo {
 
 /// Per-request state gathered while deciding, for the refusal response and the log.
 struct Exchange {
-    record: AccessRecord,
+    /// The access event, emitted when this is dropped.
+    record: AccessGuard,
     route: Option<Arc<Route>>,
     format: Format,
     request_id: HeaderValue,
@@ -110,7 +112,7 @@ impl App {
             verifier: PasswordVerifier::start(),
             sessions,
             limiter,
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
         }))
     }
 
@@ -178,12 +180,13 @@ impl App {
         self.runtime.load_full()
     }
 
-    /// Handles one request; never fails (refusals are responses).
+    /// Handles one request; never fails (refusals are responses). The access event leaves with
+    /// the response body, or when this future is dropped before a response was ready.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> Result<Response<Logged<Body>>, Infallible> {
         let runtime = self.runtime.load_full();
         let config = &runtime.config;
         let (client, peer_trusted) = client_ip(
@@ -193,20 +196,21 @@ impl App {
         );
         let request_id = request_id(request.headers(), peer_trusted);
         let format = Format::from_headers(request.headers());
+        let record = AccessRecord {
+            started: Instant::now(),
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            client_ip: client,
+            method: request.method().clone(),
+            path: String::new(),
+            route: None,
+            user: None,
+            auth_method: None,
+            upstream_status: None,
+            http_version: request.version(),
+            tls: conn.tls,
+        };
         let mut exchange = Exchange {
-            record: AccessRecord {
-                started: Instant::now(),
-                request_id: request_id.to_str().unwrap_or_default().to_string(),
-                client_ip: client,
-                method: request.method().clone(),
-                path: String::new(),
-                route: None,
-                user: None,
-                auth_method: None,
-                upstream_status: None,
-                http_version: request.version(),
-                tls: conn.tls,
-            },
+            record: AccessGuard::new(record, self.metrics.clone()),
             route: None,
             format,
             request_id,
@@ -231,13 +235,9 @@ impl App {
         if let Some(cookie) = exchange.set_cookie.take() {
             headers.append(http::header::SET_COOKIE, cookie);
         }
-        exchange.record.emit(response.status(), refusal.as_ref());
-        self.metrics.record_request(
-            exchange.record.route.as_deref(),
-            response.status().as_u16(),
-            refusal.as_ref().map(Refusal::reason_code),
-        );
-        Ok(response)
+        let mut access = exchange.record;
+        access.responded(response.status(), refusal);
+        Ok(response.map(|body| Logged::new(body, access)))
     }
 
     /// The response for a refusal: a redirect to the login form for a person whose session is

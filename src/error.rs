@@ -99,6 +99,9 @@ pub enum FailReason {
     StoreUnavailable,
     /// Too many password verifications already queued.
     Overloaded,
+    /// The client closed its connection (HTTP/1) or reset its stream (HTTP/2) before the
+    /// response head was sent.
+    ClientClosed,
 }
 
 impl FailReason {
@@ -109,6 +112,7 @@ impl FailReason {
             FailReason::UpstreamTimeout => "upstream_timeout",
             FailReason::StoreUnavailable => "store_unavailable",
             FailReason::Overloaded => "overloaded",
+            FailReason::ClientClosed => "client_closed",
         }
     }
 }
@@ -200,6 +204,7 @@ impl Refusal {
                 FailReason::StoreUnavailable | FailReason::Overloaded => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                FailReason::ClientClosed => client_closed_status(),
             },
         }
     }
@@ -235,6 +240,11 @@ impl Refusal {
             Refusal::Fail(f) => &f.detail,
         }
     }
+}
+
+/// nginx's 499 "client closed request": logged only, never sent (nobody is there to read it).
+pub fn client_closed_status() -> StatusCode {
+    StatusCode::from_u16(499).expect("499 is a valid status code")
 }
 
 fn deny_status(denial: &Denial) -> StatusCode {

@@ -131,7 +131,8 @@ async fn every_request_produces_exactly_one_access_event() {
         ids.push(id);
     }
     // A sentinel: once its event is logged, every earlier one is too (each event is written
-    // before its response is sent). Then the count must be exact.
+    // when its response has been sent, before the connection closes). Then the count must be
+    // exact.
     let sentinel = proxy.get("/public/sentinel", &[]).await;
     proxy.access_of(&sentinel).await;
     ids.push(sentinel.request_id());

@@ -61,6 +61,12 @@ pub fn describe(refusal: &Refusal, facts: &Facts<'_>) -> Described {
                 "Temporarily unavailable",
                 "Sign-in is busy or unavailable right now. Try again in a few moments.",
             ),
+            // Only logged: the client is gone before any page could reach it.
+            FailReason::ClientClosed => said(
+                Page::Unavailable,
+                "Request ended",
+                "The request ended before an answer was sent. Try again.",
+            ),
         },
     }
 }
