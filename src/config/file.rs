@@ -53,6 +53,7 @@ pub struct ServerSection {
     pub max_connections: Spanned<usize>,
     pub workers: usize,
     pub shutdown_grace: HumanDuration,
+    pub tunnel_idle_timeout: HumanDuration,
     pub tls: Option<TlsSection>,
 }
 
@@ -71,6 +72,7 @@ impl Default for ServerSection {
             max_connections: Spanned::new(0..0, 10_000),
             workers: 0,
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(30)),
+            tunnel_idle_timeout: HumanDuration(std::time::Duration::from_secs(60 * 60)),
             tls: None,
         }
     }

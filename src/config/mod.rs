@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// An upgraded (WebSocket) connection that moves no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// TLS termination on every listener, when `[server.tls]` is set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }

@@ -177,6 +177,13 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
             "expected at least 1",
         ));
     }
+    if s.tunnel_idle_timeout.0.is_zero() {
+        return Err(ctx.err(
+            None,
+            "server.tunnel_idle_timeout",
+            "expected a duration > 0",
+        ));
+    }
     let tls = match &s.tls {
         Some(tls) => {
             let cert = ctx.resolve(tls.cert_file.get_ref());
@@ -198,6 +205,7 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
         max_connections: *s.max_connections.get_ref(),
         workers: s.workers,
         shutdown_grace: s.shutdown_grace.0,
+        tunnel_idle_timeout: s.tunnel_idle_timeout.0,
     })
 }
 

@@ -14,12 +14,12 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 use crate::error::{FailReason, Failure};
 use crate::response::Body;
+use crate::server::TunnelTerms;
 
 pub use pool::UpstreamBody;
 use pool::{Conn, Pool, Sender};
@@ -109,12 +109,20 @@ impl Upstream {
         if !request.headers().contains_key(HOST) {
             request.headers_mut().insert(HOST, self.host.clone());
         }
-        // The header rewrite kept `Upgrade` only for a WebSocket handshake.
-        let websocket_key = request
-            .headers()
-            .contains_key(http::header::UPGRADE)
-            .then(|| request.headers().get(SEC_WEBSOCKET_KEY).cloned())
-            .flatten();
+        // The header rewrite kept `Upgrade` only for a WebSocket handshake; the server gave
+        // the request the terms a tunnel runs under only when its connection can upgrade.
+        let terms = request.extensions_mut().remove::<TunnelTerms>();
+        let websocket_key = match terms {
+            Some(_) if request.headers().contains_key(http::header::UPGRADE) => {
+                request.headers().get(SEC_WEBSOCKET_KEY).cloned()
+            }
+            _ => None,
+        };
+        if websocket_key.is_none() {
+            let headers = request.headers_mut();
+            headers.remove(http::header::UPGRADE);
+            headers.remove(http::header::CONNECTION);
+        }
         let client_upgrade = websocket_key
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
@@ -136,7 +144,9 @@ impl Upstream {
         if switching {
             // Dropping the response and the connection closes that upstream connection: a
             // connection that may have switched protocols is never used again.
-            let (Some(client_upgrade), Some(key)) = (client_upgrade, websocket_key) else {
+            let (Some(client_upgrade), Some(key), Some(terms)) =
+                (client_upgrade, websocket_key, terms)
+            else {
                 return Err(Failure::new(
                     FailReason::UpstreamUnreachable,
                     "the upstream switched protocols on a request that asked for no WebSocket",
@@ -146,7 +156,7 @@ impl Upstream {
                 return Err(Failure::new(FailReason::UpstreamUnreachable, why));
             }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, terms));
         }
         headers::rewrite_response(response.headers_mut(), switching);
         // A switched connection is no longer HTTP: never back to the pool.
@@ -263,8 +273,12 @@ fn websocket_accept(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
 }
 
-/// Copies bytes both ways between the client's and the upstream's upgraded connections.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Once both sides have switched, runs the tunnel between them under `terms`.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    terms: TunnelTerms,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(err) => {
@@ -272,11 +286,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %err, "upgraded connection ended with an error");
-    }
+    terms.run(client, upstream).await;
 }
 
 /// Connect timeouts count as timeouts (504); everything else as unreachable (502).

@@ -15,10 +15,13 @@ use tokio::sync::{watch, Semaphore};
 
 mod framing;
 mod idle;
+mod tunnel;
 
 pub use framing::FramingConflict;
 use framing::{FramingFlags, FramingWatch};
 use idle::{Activity, Tracked};
+use tunnel::ConnectionSlot;
+pub use tunnel::TunnelTerms;
 
 use crate::app::{App, ConnInfo};
 use crate::config::ServerConfig;
@@ -59,6 +62,8 @@ pub async fn serve(
             builder: builder.clone(),
             permits: permits.clone(),
             idle_timeout: settings.idle_timeout,
+            tunnel_idle_timeout: settings.tunnel_idle_timeout,
+            shutdown_grace: settings.shutdown_grace,
         };
         loops.push(tokio::spawn(accept.run(stop_rx.clone())));
     }
@@ -68,7 +73,8 @@ pub async fn serve(
     for accept_loop in loops {
         let _ = accept_loop.await;
     }
-    // Every open connection holds a permit: all of them back means all connections closed.
+    // Every open connection holds a permit (a tunnel holds its connection's): all of them
+    // back means all connections closed.
     let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(settings.shutdown_grace, permits.acquire_many(all)).await;
     match drained {
@@ -104,6 +110,8 @@ struct AcceptLoop {
     builder: auto::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
     idle_timeout: Duration,
+    tunnel_idle_timeout: Duration,
+    shutdown_grace: Duration,
 }
 
 impl AcceptLoop {
@@ -145,12 +153,19 @@ impl AcceptLoop {
         let runtime = app.runtime();
         let tls = runtime.config.server.tls.clone();
         let handshake_timeout = runtime.config.server.header_read_timeout;
+        let slot = ConnectionSlot::new(permit, app.metrics().open_connections.clone());
+        let tunnel_terms = TunnelTerms::new(
+            slot,
+            self.tunnel_idle_timeout,
+            stop.clone(),
+            self.shutdown_grace,
+        );
         let driver = Driver {
             builder: self.builder.clone(),
             stop,
             idle_timeout: self.idle_timeout,
+            tunnel_terms,
         };
-        app.metrics().open_connections.inc();
         tokio::spawn(async move {
             let activity = Activity::new();
             let stream = Tracked::new(stream, activity.clone());
@@ -173,8 +188,6 @@ impl AcceptLoop {
                     }
                 }
             }
-            app.metrics().open_connections.dec();
-            drop(permit);
         });
     }
 }
@@ -185,6 +198,9 @@ struct Driver {
     builder: auto::Builder<TokioExecutor>,
     stop: watch::Receiver<bool>,
     idle_timeout: Duration,
+    /// Holds the connection's slot until the connection ends; a tunnel opened on it takes a
+    /// share of the slot with it.
+    tunnel_terms: TunnelTerms,
 }
 
 impl Driver {
@@ -196,9 +212,17 @@ impl Driver {
         let peer = info.peer;
         let framing = Arc::new(FramingFlags::default());
         let io = FramingWatch::new(io, framing.clone());
+        let tunnel_terms = self.tunnel_terms.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             if framing.next_request_conflicts() {
                 request.extensions_mut().insert(FramingConflict);
+            }
+            // Only an HTTP/1.1 request can upgrade its connection; looking for the header
+            // first keeps the extension (an allocation) off every other request.
+            if request.version() == hyper::Version::HTTP_11
+                && request.headers().contains_key(hyper::header::UPGRADE)
+            {
+                request.extensions_mut().insert(tunnel_terms.clone());
             }
             app.clone().handle(request, info)
         });

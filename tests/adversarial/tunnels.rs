@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 
 use super::*;
@@ -318,4 +319,153 @@ async fn an_upstream_101_without_the_websocket_handshake_is_a_502_and_no_tunnel(
             upstream.heads()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open tunnels keep to the connection limits
+// ---------------------------------------------------------------------------------------------
+
+/// `portcullis_open_connections` on the admin listener.
+async fn open_connections(proxy: &Proxy) -> Option<f64> {
+    let response = send(proxy.admin(), "GET", "/metrics", &[], Bytes::new()).await;
+    response.text().lines().find_map(|line| {
+        line.strip_prefix("portcullis_open_connections ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Scrapes until the gauge reads `expected`.
+async fn wait_open_connections(proxy: &Proxy, expected: f64) {
+    let start = Instant::now();
+    loop {
+        let now = open_connections(proxy).await;
+        if now == Some(expected) {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "portcullis_open_connections is {now:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the WebSocket is closed by the other side (no data message comes first).
+async fn wait_ws_closed(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>, what: &str) {
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Err(_) => panic!("{what}: the tunnel is still open"),
+            Ok(None | Some(Err(_))) => return,
+            Ok(Some(Ok(message))) if message.is_close() => return,
+            Ok(Some(Ok(message))) if message.is_ping() || message.is_pong() => continue,
+            Ok(Some(Ok(message))) => panic!("{what}: unexpected message {message:?}"),
+        }
+    }
+}
+
+fn ws_text(n: usize) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(format!("hello {n}"))
+}
+
+/// With `max_connections = 2`, two open WebSockets take both slots: a third connection waits
+/// (as any connection past the limit does) until one of them closes, and the gauge counts the
+/// tunnels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_hold_their_connection_slots_and_count_as_open() {
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("max_connections = 2\nadmin_listen = \"127.0.0.1:0\"")
+        .start()
+        .await;
+    let mut first = websocket(proxy.addr, "/public/1/ws", &[]).await.unwrap();
+    let mut second = websocket(proxy.addr, "/public/2/ws", &[]).await.unwrap();
+    assert_eq!(ws_roundtrip(&mut first, ws_text(1)).await, ws_text(1));
+    assert_eq!(ws_roundtrip(&mut second, ws_text(2)).await, ws_text(2));
+    wait_open_connections(&proxy, 2.0).await;
+
+    let addr = proxy.addr;
+    let mut third = tokio::spawn(async move { websocket(addr, "/public/3/ws", &[]).await });
+    // A negative can only be shown over a span: the third handshake gets a fair chance, and
+    // must not reach the upstream while both slots are held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "a third connection was served past max_connections = 2: {:#?}",
+        upstream.requests()
+    );
+    assert!(!third.is_finished());
+    wait_open_connections(&proxy, 2.0).await;
+
+    // Closing one tunnel frees its slot: the waiting connection is served.
+    first.close(None).await.unwrap();
+    drop(first);
+    let mut third = tokio::time::timeout(DEADLINE, &mut third)
+        .await
+        .expect("the third connection is served once a tunnel closed")
+        .unwrap()
+        .expect("third upgrade");
+    assert_eq!(ws_roundtrip(&mut third, ws_text(3)).await, ws_text(3));
+    assert_eq!(ws_roundtrip(&mut second, ws_text(4)).await, ws_text(4));
+    assert_eq!(upstream.requests().len(), 3);
+    wait_open_connections(&proxy, 2.0).await;
+    drop((second, third));
+    wait_open_connections(&proxy, 0.0).await;
+}
+
+/// A tunnel that moves no byte for `tunnel_idle_timeout` is closed; one in use stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_and_an_active_one_stays() {
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("tunnel_idle_timeout = \"1s\"\nadmin_listen = \"127.0.0.1:0\"")
+        .start()
+        .await;
+    let mut idle = websocket(proxy.addr, "/public/idle/ws", &[]).await.unwrap();
+    let mut active = websocket(proxy.addr, "/public/active/ws", &[])
+        .await
+        .unwrap();
+    assert_eq!(ws_roundtrip(&mut idle, ws_text(0)).await, ws_text(0));
+    wait_open_connections(&proxy, 2.0).await;
+    // The active one talks every 200 ms, for well over the idle limit, while the idle one
+    // is closed.
+    let closer = tokio::spawn(async move {
+        wait_ws_closed(&mut idle, "the idle tunnel").await;
+    });
+    let start = Instant::now();
+    let mut n = 1;
+    while !closer.is_finished() || start.elapsed() < Duration::from_millis(2500) {
+        assert!(start.elapsed() < DEADLINE, "the idle tunnel stayed open");
+        assert_eq!(ws_roundtrip(&mut active, ws_text(n)).await, ws_text(n));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    closer.await.unwrap();
+    assert_eq!(ws_roundtrip(&mut active, ws_text(n)).await, ws_text(n));
+    wait_open_connections(&proxy, 1.0).await;
+}
+
+/// At shutdown an open tunnel keeps working for `shutdown_grace`, then is closed and the
+/// process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_tunnel_after_the_grace_period() {
+    let upstream = Upstream::start().await;
+    let mut proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("shutdown_grace = \"3s\"")
+        .start()
+        .await;
+    let mut ws = websocket(proxy.addr, "/public/ws", &[]).await.unwrap();
+    assert_eq!(ws_roundtrip(&mut ws, ws_text(0)).await, ws_text(0));
+    proxy.signal("TERM").await;
+    proxy
+        .wait_for_events("shutting down: no longer accepting connections", 1)
+        .await;
+    // Without an open request the process would be gone by now; the tunnel keeps it up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ws_roundtrip(&mut ws, ws_text(1)).await, ws_text(1));
+    wait_ws_closed(&mut ws, "the tunnel after the grace period").await;
+    let status = proxy.wait_exit(DEADLINE).await;
+    assert!(status.success(), "{status}: {}", proxy.all_output());
 }
