@@ -33,6 +33,7 @@ fn settings(algorithms: Vec<Algorithm>) -> JwtSettings {
         user_claim: "sub".to_string(),
         groups_claim: "groups".to_string(),
         scope_claim: "scope".to_string(),
+        token_types: vec!["at+jwt".to_string(), "jwt".to_string()],
     }
 }
 

@@ -107,12 +107,13 @@ impl App {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let sessions = Sessions::new(&config.session)?;
         let limiter = FailureLimiter::new(&config.rate_limit, sessions.store().redis());
+        let metrics = Metrics::default();
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
-            verifier: PasswordVerifier::start(),
+            verifier: PasswordVerifier::start_counting(metrics.password_verifications.clone()),
             sessions,
             limiter,
-            metrics: Arc::default(),
+            metrics: Arc::new(metrics),
         }))
     }
 

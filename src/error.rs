@@ -32,6 +32,8 @@ pub enum DenyReason {
     BadAudience,
     /// A JWT signed with an algorithm the config does not allow.
     DisallowedAlgorithm,
+    /// A JWT whose `typ` is not in `jwt.token_types` (an ID, logout or DPoP token, say).
+    WrongTokenType,
     /// A session cookie the store does not know.
     SessionUnknown,
     /// A session unused for longer than the idle timeout.
@@ -67,6 +69,7 @@ impl DenyReason {
             DenyReason::BadIssuer => "bad_issuer",
             DenyReason::BadAudience => "bad_audience",
             DenyReason::DisallowedAlgorithm => "disallowed_algorithm",
+            DenyReason::WrongTokenType => "wrong_token_type",
             DenyReason::SessionUnknown => "session_unknown",
             DenyReason::SessionIdleTimeout => "session_idle_timeout",
             DenyReason::SessionAbsoluteTimeout => "session_absolute_timeout",
@@ -259,6 +262,7 @@ fn deny_status(denial: &Denial) -> StatusCode {
         | DenyReason::BadIssuer
         | DenyReason::BadAudience
         | DenyReason::DisallowedAlgorithm
+        | DenyReason::WrongTokenType
         | DenyReason::SessionUnknown
         | DenyReason::SessionIdleTimeout
         | DenyReason::SessionAbsoluteTimeout => StatusCode::UNAUTHORIZED,

@@ -84,6 +84,8 @@ pub fn explain(
         },
         identity.method.as_str()
     );
+    // What allow_users is matched against and the upstream receives in identity_header.
+    let _ = writeln!(out, "identity:    {}", identity.qualified());
     finish(out, policy::authorize(route, Some(&identity), method))
 }
 
@@ -100,7 +102,9 @@ fn finish(mut out: String, decision: Result<(), Denial>) -> String {
 }
 
 /// The identity a caller named `user` would have on `route`, authenticated with the first of
-/// the route's schemes that fits them (assuming their credential itself is valid).
+/// the route's schemes that fits them (assuming their credential itself is valid). `user` may
+/// be qualified (`token:deploy-bot`, `jwt:alice`); a bare name is a password user, else a
+/// token, else a JWT subject, and the report's `identity` line says which it was taken for.
 fn identity_for(
     config: &Config,
     route: &Route,
@@ -114,7 +118,19 @@ fn identity_for(
             .copied()
             .find(|s| candidates.contains(s))
     };
-    if let Some(record) = config.users.get(user) {
+    let (source, user) = match (
+        user.strip_prefix(crate::auth::TOKEN_PREFIX),
+        user.strip_prefix(crate::auth::JWT_PREFIX),
+    ) {
+        (Some(name), _) => (Source::Token, name),
+        (_, Some(subject)) => (Source::Jwt, subject),
+        (None, None) => (Source::Any, user),
+    };
+    let record = match source {
+        Source::Any => config.users.get(user),
+        Source::Token | Source::Jwt => None,
+    };
+    if let Some(record) = record {
         let method = first(&[Scheme::Session, Scheme::Basic]).ok_or_else(|| {
             Denial::new(
                 DenyReason::MissingCredentials,
@@ -136,7 +152,11 @@ fn identity_for(
         });
     }
     let bearer = first(&[Scheme::Bearer]);
-    if let Some(token) = config.tokens.iter().find(|t| t.name == user) {
+    let token = match source {
+        Source::Any | Source::Token => config.tokens.iter().find(|t| t.name == user),
+        Source::Jwt => None,
+    };
+    if let Some(token) = token {
         let method = bearer.ok_or_else(|| {
             Denial::new(
                 DenyReason::MissingCredentials,
@@ -149,8 +169,12 @@ fn identity_for(
             session: None,
         });
     }
-    match (bearer, config.jwt.is_some()) {
-        (Some(method), true) => Ok(Identity {
+    match (bearer, config.jwt.is_some(), source) {
+        (_, _, Source::Token) => Err(Denial::new(
+            DenyReason::UnknownToken,
+            format!("{user:?} is not a configured token"),
+        )),
+        (Some(method), true, Source::Any | Source::Jwt) => Ok(Identity {
             principal: Principal::Jwt(Arc::new(JwtIdentity {
                 user: user.to_string(),
                 groups: groups.unwrap_or_default(),
@@ -164,4 +188,15 @@ fn identity_for(
             format!("{user:?} is not a configured user or token (and the route takes no JWTs)"),
         )),
     }
+}
+
+/// Where `--user` says the caller comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// A bare name: a password user, else a token, else a JWT subject.
+    Any,
+    /// `token:NAME`.
+    Token,
+    /// `jwt:SUBJECT`.
+    Jwt,
 }

@@ -456,3 +456,47 @@ async fn refusal_bodies_follow_accept() {
         );
     }
 }
+
+/// `portcullis_password_verifications_total` from the admin listener.
+async fn verifications(proxy: &Proxy) -> u64 {
+    let response = send(proxy.admin(), "GET", "/metrics", &[], bytes::Bytes::new()).await;
+    let text = response.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("portcullis_password_verifications_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no verification counter in:\n{text}"))
+}
+
+/// SPEC §3 `basic`: identical attempts under way together share one hash for an unknown name
+/// as they do for a known user, so concurrency does not reveal which users exist. Counted by
+/// the proxy's own verification counter, not by time. The users are bcrypt cost 12, so each
+/// hash takes long enough for nine requests sent at once to arrive while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nine_identical_attempts_cost_one_hash_for_known_and_unknown_names() {
+    let upstream = Upstream::start().await;
+    let carol = bcrypt::hash("carol-right-pw", 12).unwrap();
+    let body = format!(
+        "[rate_limit]\nmax_failures = 1000\n\n[[users]]\nname = \"carol\"\npassword_hash = \"{carol}\"\n\n[[route]]\npath = \"/\"\nauth = [\"basic\"]\n"
+    );
+    let proxy = ProxyConfig::new(upstream.url(), body)
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .start()
+        .await;
+    let mut before = verifications(&proxy).await;
+    for (name, reason) in [("carol", "bad_password"), ("nobody", "unknown_user")] {
+        let credential = basic(name, "the-same-wrong-guess");
+        let headers = [("authorization", credential.as_str())];
+        let attempts = (0..9).map(|_| proxy.get("/x", &headers));
+        let responses = futures_util::future::join_all(attempts).await;
+        for response in &responses {
+            assert_proxy_made(&proxy, response, 401, "deny", reason).await;
+        }
+        let after = verifications(&proxy).await;
+        assert_eq!(
+            after - before,
+            1,
+            "{name}: nine identical attempts, one hash"
+        );
+        before = after;
+    }
+}

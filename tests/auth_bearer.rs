@@ -167,7 +167,19 @@ allow_groups = ["admins"]
 path = "/carol"
 auth = ["bearer"]
 realm = "Carol"
-allow_users = ["carol"]
+allow_users = ["jwt:carol"]
+
+[[route]]
+path = "/alice"
+auth = ["basic", "bearer"]
+realm = "Alice"
+allow_users = ["alice"]
+
+[[route]]
+path = "/jwt-alice"
+auth = ["basic", "bearer"]
+realm = "JWT alice"
+allow_users = ["jwt:alice", "token:deployer"]
 "#,
         principals = principals(),
         deploy = sha256_hex(DEPLOY_TOKEN.as_bytes()),
@@ -894,4 +906,151 @@ async fn jwks_url_is_retried_until_it_answers_and_the_last_good_set_is_kept() {
         .find(|e| e["message"] == "jwks fetch failed")
         .unwrap();
     assert_eq!(failed["level"], "WARN", "{failed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9068 §4: the header's typ (jwt.token_types)
+// ---------------------------------------------------------------------------------------------
+
+/// An RS256 token for `sub` whose header carries `typ` (none when `None`).
+fn mint_typed(typ: Option<&str>, sub: &str) -> String {
+    let (key, kid) = signing_key(Algorithm::RS256);
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = kid.map(str::to_string);
+    header.typ = typ.map(str::to_string);
+    encode(&header, &claims(sub), &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_listed_token_types_are_access_tokens() {
+    let upstream = Upstream::start().await;
+    // The default, ["at+jwt", "JWT"].
+    let proxy = ProxyConfig::new(upstream.url(), body(&jwks_file_section()))
+        .server("admin_listen = \"127.0.0.1:0\"")
+        .start()
+        .await;
+    for (typ, admitted) in [
+        (Some("at+jwt"), true),
+        (Some("application/at+jwt"), true),
+        (Some("AT+JWT"), true),
+        (Some("JWT"), true),
+        (None, true),
+        (Some("logout+jwt"), false),
+        (Some("dpop+jwt"), false),
+        (Some("application/logout+jwt"), false),
+        (Some("id+jwt"), false),
+    ] {
+        let response = get_with(&proxy, "/api/typed", &mint_typed(typ, "tia")).await;
+        if admitted {
+            assert_eq!(response.status, 200, "typ {typ:?}: {}", response.text());
+        } else {
+            let challenge =
+                assert_invalid_token(&proxy, &response, "API", "wrong_token_type").await;
+            assert!(
+                challenge.contains("not an access token"),
+                "typ {typ:?}: {challenge}"
+            );
+            let event = proxy.access_of(&response).await;
+            assert!(event["detail"].as_str().unwrap().contains("typ"), "{event}");
+        }
+    }
+    let metrics = send(proxy.admin(), "GET", "/metrics", &[], bytes::Bytes::new()).await;
+    assert!(
+        metrics
+            .text()
+            .contains("portcullis_denials_total{reason=\"wrong_token_type\"} 4"),
+        "{}",
+        metrics.text()
+    );
+
+    // ["at+jwt"] enforces RFC 9068: "JWT" and a token without typ are refused too.
+    let upstream = Upstream::start().await;
+    let strict = format!(
+        "{}token_types = [\"application/at+jwt\"]\n",
+        jwks_file_section()
+    );
+    let proxy = Proxy::start(&upstream, &body(&strict)).await;
+    for (typ, admitted) in [
+        (Some("at+jwt"), true),
+        (Some("application/AT+JWT"), true),
+        (Some("JWT"), false),
+        (None, false),
+        (Some("dpop+jwt"), false),
+    ] {
+        let response = get_with(&proxy, "/api/strict", &mint_typed(typ, "tia")).await;
+        if admitted {
+            assert_eq!(response.status, 200, "typ {typ:?}: {}", response.text());
+        } else {
+            assert_invalid_token(&proxy, &response, "API", "wrong_token_type").await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identities carry their source (SPEC §2)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_subject_or_token_name_is_never_a_password_user() {
+    let upstream = Upstream::start().await;
+    let proxy = jwks_proxy(&upstream).await;
+    let jwt_alice = mint(Algorithm::ES256, &claims("alice"));
+
+    // allow_users = ["alice"] is the password user alice: a JWT whose sub is "alice" is not her.
+    let response = get_with(&proxy, "/alice/x", &jwt_alice).await;
+    let event = assert_proxy_made(&proxy, &response, 403, "deny", "user_not_allowed").await;
+    assert!(
+        event["detail"].as_str().unwrap().contains("jwt:alice"),
+        "{event}"
+    );
+    let response = proxy
+        .get("/alice/x", &[("authorization", &basic("alice", ALICE_PW))])
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.only("/alice/x");
+    assert_eq!(seen.header("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("x-forwarded-identity").as_deref(),
+        Some("alice")
+    );
+
+    // allow_users = ["jwt:alice", "token:deployer"]: the JWT and the token, not the password user.
+    let response = get_with(&proxy, "/jwt-alice/x", &jwt_alice).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.only("/jwt-alice/x");
+    assert_eq!(seen.header("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("x-forwarded-identity").as_deref(),
+        Some("jwt:alice")
+    );
+    assert_eq!(
+        seen.header("x-forwarded-auth-method").as_deref(),
+        Some("bearer")
+    );
+    // The access event keeps the bare name.
+    let event = proxy.access_of(&response).await;
+    assert_eq!(event["user"], "alice", "{event}");
+    assert_eq!(event["auth_method"], "bearer", "{event}");
+
+    let response = get_with(&proxy, "/jwt-alice/y", DEPLOY_TOKEN).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream
+            .only("/jwt-alice/y")
+            .header("x-forwarded-identity")
+            .as_deref(),
+        Some("token:deployer")
+    );
+    let response = proxy
+        .get(
+            "/jwt-alice/z",
+            &[("authorization", &basic("alice", ALICE_PW))],
+        )
+        .await;
+    assert_proxy_made(&proxy, &response, 403, "deny", "user_not_allowed").await;
+
+    // A JWT whose subject is spelled like a qualified token name is still a JWT subject.
+    let tricky = mint(Algorithm::ES256, &claims("token:deployer"));
+    let response = get_with(&proxy, "/jwt-alice/w", &tricky).await;
+    assert_proxy_made(&proxy, &response, 403, "deny", "user_not_allowed").await;
 }

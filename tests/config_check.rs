@@ -201,6 +201,54 @@ fn bad_configs_are_refused_with_file_line_column_and_key() {
             says: &["mallory"],
         },
         Case {
+            name: "jwks_url over plain http to another host",
+            text: config("", BCRYPT, "\n[jwt]\nissuer = \"https://id.test/\"\naudience = \"p\"\nalgorithms = [\"RS256\"]\njwks_url = \"http://id.example.com/jwks.json\"\n"),
+            line_needle: "jwks_url",
+            column: Column::Value,
+            key: "jwt.jwks_url",
+            says: &["plain http", "https://"],
+        },
+        Case {
+            name: "an empty token_types",
+            text: config("", BCRYPT, "\n[jwt]\nissuer = \"https://id.test/\"\naudience = \"p\"\nalgorithms = [\"RS256\"]\njwks_url = \"https://id.example.com/jwks.json\"\ntoken_types = []\n"),
+            line_needle: "token_types",
+            column: Column::Value,
+            key: "jwt.token_types",
+            says: &["at+jwt"],
+        },
+        Case {
+            name: "allow_users naming a token without its prefix",
+            text: config("", BCRYPT, "allow_users = [\"alice\", \"deploy-bot\"]\n\n[[tokens]]\nname = \"deploy-bot\"\ntoken_sha256 = \"875ca15102495ea430c9af8e6eeb9a455e58e74d842b8bf852eed00b0482e739\"\n"),
+            line_needle: "allow_users",
+            column: Column::At("\"deploy-bot\""),
+            key: "route[0].allow_users[1]",
+            says: &["deploy-bot", "\"token:deploy-bot\""],
+        },
+        Case {
+            name: "allow_users naming a JWT subject without its prefix",
+            text: config("", BCRYPT, "allow_users = [\"carol\"]\n\n[jwt]\nissuer = \"https://id.test/\"\naudience = \"p\"\nalgorithms = [\"RS256\"]\njwks_url = \"https://id.example.com/jwks.json\"\n"),
+            line_needle: "allow_users",
+            column: Column::At("\"carol\""),
+            key: "route[0].allow_users[0]",
+            says: &["carol", "\"jwt:carol\""],
+        },
+        Case {
+            name: "allow_users naming an unknown token",
+            text: config("", BCRYPT, "allow_users = [\"token:nobody\"]"),
+            line_needle: "allow_users",
+            column: Column::At("\"token:nobody\""),
+            key: "route[0].allow_users[0]",
+            says: &["nobody", "[[tokens]]"],
+        },
+        Case {
+            name: "allow_users naming a JWT subject without [jwt]",
+            text: config("", BCRYPT, "allow_users = [\"jwt:alice\"]"),
+            line_needle: "allow_users",
+            column: Column::At("\"jwt:alice\""),
+            key: "route[0].allow_users[0]",
+            says: &["jwt:alice", "[jwt]"],
+        },
+        Case {
             name: "a typo in a route key",
             text: config("", BCRYPT, "alow_users = [\"alice\"]"),
             line_needle: "alow_users",
@@ -313,4 +361,48 @@ async fn run_refuses_an_invalid_config_with_the_same_message() {
         "{stderr}"
     );
     assert!(stderr.contains("`users[0].password_hash`"), "{stderr}");
+}
+
+#[test]
+fn jwks_url_over_plain_http_is_allowed_to_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = |url: &str| {
+        format!(
+            "\n[jwt]\nissuer = \"https://id.test/\"\naudience = \"p\"\nalgorithms = [\"RS256\"]\njwks_url = \"{url}\"\n"
+        )
+    };
+    for (n, url) in [
+        "http://127.0.0.1:9/jwks.json",
+        "http://localhost:9/jwks.json",
+        "http://[::1]:9/jwks.json",
+        "https://id.example.com/jwks.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = write_file(
+            dir.path(),
+            &format!("ok{n}.toml"),
+            &config("", BCRYPT, &jwt(url)),
+        );
+        let (code, stdout, stderr) = check_file(&path);
+        assert_eq!(code, 0, "{url}: {stdout}\n{stderr}");
+    }
+    for (n, url) in [
+        "http://id.example.com/jwks.json",
+        "http://10.0.0.5/jwks.json",
+        "HTTP://id.example.com/jwks.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = write_file(
+            dir.path(),
+            &format!("bad{n}.toml"),
+            &config("", BCRYPT, &jwt(url)),
+        );
+        let (code, stdout, stderr) = check_file(&path);
+        assert_eq!(code, 1, "{url}: {stdout}\n{stderr}");
+        assert!(stderr.contains("`jwt.jwks_url`"), "{url}: {stderr}");
+    }
 }

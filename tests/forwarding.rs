@@ -16,6 +16,9 @@ const SPOOFED: &[(&str, &str)] = &[
     ("x_forwarded_groups", "admins"),
     ("X-Forwarded-Auth-Method", "basic"),
     ("X_FORWARDED_AUTH_METHOD", "bearer"),
+    ("X-Forwarded-Identity", "admin"),
+    ("x_forwarded_identity", "jwt:admin"),
+    ("X_FORWARDED-IDENTITY", "token:admin"),
     ("X-Real-IP", "10.9.9.9"),
     ("x_real_ip", "10.9.9.9"),
     ("X-Original-URL", "/admin"),
@@ -74,6 +77,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     assert_eq!(seen.header("x-forwarded-user"), None, "{:?}", seen.headers);
     assert_eq!(seen.header("x-forwarded-groups"), None);
     assert_eq!(seen.header("x-forwarded-auth-method"), None);
+    assert_eq!(seen.header("x-forwarded-identity"), None);
     assert_no_spoofed_names(&seen);
 
     // Basic: only the proxy's values, once each.
@@ -86,6 +90,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     assert_eq!(seen.header_all("x-forwarded-user"), vec!["alice"]);
     assert_eq!(seen.header_all("x-forwarded-groups"), vec!["admins"]);
     assert_eq!(seen.header_all("x-forwarded-auth-method"), vec!["basic"]);
+    assert_eq!(seen.header_all("x-forwarded-identity"), vec!["alice"]);
     assert_no_spoofed_names(&seen);
 
     // Bearer: the token's name.
@@ -98,6 +103,11 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     assert_eq!(seen.header_all("x-forwarded-user"), vec!["ci-bot"]);
     assert_eq!(seen.header_all("x-forwarded-groups"), vec!["ci"]);
     assert_eq!(seen.header_all("x-forwarded-auth-method"), vec!["bearer"]);
+    // The bare name next to the identity qualified by its source.
+    assert_eq!(
+        seen.header_all("x-forwarded-identity"),
+        vec!["token:ci-bot"]
+    );
     assert_no_spoofed_names(&seen);
 }
 
@@ -105,7 +115,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 async fn configured_identity_header_names_are_stripped_and_set() {
     let upstream = Upstream::start().await;
     let body = format!(
-        "[identity]\nuser_header = \"X-Remote-User\"\ngroups_header = \"X-Remote-Groups\"\nauth_method_header = \"X-Remote-Auth\"\n{}",
+        "[identity]\nuser_header = \"X-Remote-User\"\ngroups_header = \"X-Remote-Groups\"\nauth_method_header = \"X-Remote-Auth\"\nidentity_header = \"X-Remote-Identity\"\n{}",
         std_body()
     );
     let proxy = Proxy::start(&upstream, &body).await;
@@ -114,6 +124,7 @@ async fn configured_identity_header_names_are_stripped_and_set() {
         ("x_remote_user", "root"),
         ("X-REMOTE-GROUPS", "root"),
         ("x_remote_auth", "basic"),
+        ("X_Remote_Identity", "jwt:root"),
         ("X-Forwarded-User", "root"),
     ];
     let response = RawResp::parse(&proxy.raw(raw_request("/public/a", &spoof)).await);
@@ -124,6 +135,8 @@ async fn configured_identity_header_names_are_stripped_and_set() {
         "x_remote_user",
         "x-remote-groups",
         "x_remote_auth",
+        "x-remote-identity",
+        "x_remote_identity",
         "x-forwarded-user",
     ] {
         assert_eq!(seen.header(name), None, "{name}: {:?}", seen.headers);
@@ -137,7 +150,10 @@ async fn configured_identity_header_names_are_stripped_and_set() {
     assert_eq!(seen.header_all("x-remote-user"), vec!["alice"]);
     assert_eq!(seen.header_all("x-remote-groups"), vec!["admins"]);
     assert_eq!(seen.header_all("x-remote-auth"), vec!["basic"]);
+    assert_eq!(seen.header_all("x-remote-identity"), vec!["alice"]);
     assert_eq!(seen.header("x_remote_user"), None);
+    assert_eq!(seen.header("x_remote_identity"), None);
+    assert_eq!(seen.header("x-forwarded-identity"), None);
     assert_eq!(
         seen.header("x-forwarded-user"),
         None,
@@ -559,4 +575,59 @@ async fn hop_by_hop_response_headers_are_not_passed_back() {
         Some(id.clone())
     );
     assert_eq!(proxy.access_for(&id).await["upstream_status"], 200);
+}
+
+/// `forward_authorization = true` passes on the credential that admitted the request, and only
+/// that: not an Authorization that came along while a session admitted the request, nor one
+/// sent to a public route, where nobody checked it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_authorization_that_admitted_the_request_is_forwarded() {
+    let upstream = Upstream::start().await;
+    let body = format!(
+        "[identity]\nforward_authorization = true\n\n[session]\ncookie_secure = false\n{}\n{SESSION_ROUTES}\n[[route]]\npath = \"/api\"\nauth = [\"bearer\"]\n",
+        principals()
+    );
+    let proxy = Proxy::start(&upstream, &body).await;
+    let alice = basic("alice", ALICE_PW);
+
+    // Basic admitted the request: forwarded.
+    let response = proxy.get("/basic/a", &[("authorization", &alice)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream.only("/basic/a").header("authorization"),
+        Some(alice.clone())
+    );
+
+    // Bearer admitted the request: forwarded.
+    let token = bearer(TOKEN);
+    let response = proxy.get("/api/b", &[("authorization", &token)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        upstream.only("/api/b").header("authorization"),
+        Some(token.clone())
+    );
+
+    // bob's session admitted the request; alice's Basic header came along: not forwarded.
+    let bob = sign_in(&proxy, "bob", BOB_PW).await;
+    let response = proxy
+        .get("/c", &[("cookie", &bob), ("authorization", &alice)])
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.only("/c");
+    assert_eq!(
+        seen.header("x-forwarded-auth-method").as_deref(),
+        Some("session")
+    );
+    assert_eq!(seen.header("authorization"), None, "{:?}", seen.headers);
+
+    // A public route: nothing was checked, nothing is forwarded (not even a bad password).
+    for (path, credential) in [
+        ("/public/d", alice.clone()),
+        ("/public/e", basic("alice", WRONG_PW)),
+        ("/public/f", token),
+    ] {
+        let response = proxy.get(path, &[("authorization", &credential)]).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(upstream.only(path).header("authorization"), None, "{path}");
+    }
 }

@@ -1594,7 +1594,19 @@ async fn explain_gives_the_decision_and_reason_the_proxy_logs() {
         Some("alice (groups: admins) via basic"),
         "{lines:#?}"
     );
+    assert_eq!(field(&lines, "identity"), Some("alice"), "{lines:#?}");
     assert_eq!(field(&lines, "decision"), Some("allow"), "{lines:#?}");
+    // The qualified identity: what allow_users matches and identity_header carries.
+    for user in ["ci-bot", "token:ci-bot"] {
+        let lines = explain(&config, &["GET", "/app", "--user", user]);
+        assert_eq!(
+            field(&lines, "identity"),
+            Some("token:ci-bot"),
+            "{lines:#?}"
+        );
+    }
+    let lines = explain(&config, &["GET", "/app", "--user", "token:alice"]);
+    assert_eq!(field(&lines, "reason"), Some("unknown_token"), "{lines:#?}");
     let lines = explain(&config, &["GET", "/app", "--user", "ci-bot"]);
     assert_eq!(
         field(&lines, "accepts"),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
 use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -36,11 +37,6 @@ const MAX_HASH_TIME: Duration = Duration::from_secs(10);
 /// processes on the host cannot starve the hashing threads.
 const HASHING_NICE_PRIORITY: u8 = 22;
 
-/// An argon2id hash of a random password nobody knows: unknown users are verified against it
-/// so their answer takes as long as a known user's.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3wEPxnFrM3+kbMyuzKHcCKbQlW4Q29q7JMoL6kBKmBU";
-
 /// Verifies passwords off the async reactor.
 pub struct PasswordVerifier {
     jobs: crossbeam_channel::Sender<Job>,
@@ -48,7 +44,9 @@ pub struct PasswordVerifier {
     /// Verifications under way, by tag: identical credentials arriving together (a client
     /// opening many connections at once) share one hash instead of each queueing their own.
     in_flight: Mutex<HashMap<[u8; 32], Arc<OnceCell<bool>>>>,
-    dummy: PasswordHash,
+    /// Hashes actually computed (`portcullis_password_verifications_total`): coalesced and
+    /// cached checks do not count.
+    verifications: Counter,
 }
 
 struct Job {
@@ -63,6 +61,11 @@ impl PasswordVerifier {
     /// Starts `max(1, cores - 1)` hashing threads at the lowest scheduling priority, so request
     /// handling always has a core and wins any contention for it.
     pub fn start() -> Arc<Self> {
+        Self::start_counting(Counter::default())
+    }
+
+    /// Like `start`, counting each hash computed in `verifications`.
+    pub fn start_counting(verifications: Counter) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cores.saturating_sub(1).max(1);
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(threads * QUEUE_PER_THREAD);
@@ -75,16 +78,22 @@ impl PasswordVerifier {
                 tracing::error!(error = %err, "cannot start a password hashing thread");
             }
         }
-        Arc::new(PasswordVerifier {
+        Arc::new(Self::with_queue(jobs, verifications))
+    }
+
+    fn with_queue(jobs: crossbeam_channel::Sender<Job>, verifications: Counter) -> Self {
+        PasswordVerifier {
             jobs,
             cache: VerifiedCache::new(),
             in_flight: Mutex::new(HashMap::new()),
-            dummy: PasswordHash::parse(DUMMY_HASH).expect("the dummy hash is a valid PHC string"),
-        })
+            verifications,
+        }
     }
 
-    /// Checks `user`'s `password`. Unknown users cost one dummy hash, so the answer's timing
-    /// does not tell whether the user exists.
+    /// Checks `user`'s `password`. An unknown name costs one hash against the users' dummy (of
+    /// their most common algorithm and cost), and identical attempts under way together share
+    /// it as a known user's do, so neither timing nor concurrency tells whether the user
+    /// exists.
     pub async fn verify(
         &self,
         users: &UserDb,
@@ -92,13 +101,14 @@ impl PasswordVerifier {
         password: &str,
     ) -> Result<Arc<User>, Refusal> {
         let Some(record) = users.get(user) else {
-            self.hash_check(self.dummy.clone(), password).await?;
+            let tag = self.cache.tag(user, users.dummy(), password);
+            self.shared_check(tag, users.dummy(), password).await?;
             // The name is not logged: people type passwords into the user field.
             return Err(Denial::of(Scheme::Basic, DenyReason::UnknownUser, "no such user").into());
         };
         // The tag binds the stored hash: after a reload that changes the password, the old
         // tag can never match again.
-        let tag = self.cache.tag(record, password);
+        let tag = self.cache.tag(&record.name, &record.hash, password);
         if self.cache.contains(&tag) {
             return Ok(record.clone());
         }
@@ -142,6 +152,7 @@ impl PasswordVerifier {
     }
 
     async fn hash_check(&self, hash: PasswordHash, password: &str) -> Result<bool, Failure> {
+        self.verifications.inc();
         let (reply, answer) = oneshot::channel();
         let job = Job {
             hash,
@@ -225,17 +236,13 @@ impl VerifiedCache {
         }
     }
 
-    fn tag(&self, user: &User, password: &str) -> [u8; 32] {
+    fn tag(&self, user: &str, hash: &PasswordHash, password: &str) -> [u8; 32] {
         let mut mac = self.keyed.clone();
         // Length prefixes keep ("ab","c") and ("a","bc") apart. The stored hash is bound by its
         // last bytes (its digest), which tell two hashes apart as well as the whole string
         // does, and keep the input inside one SHA-256 block for usual names and passwords
         // (this runs on every cached Basic request).
-        for part in [
-            user.name.as_bytes(),
-            hash_tail(&user.hash),
-            password.as_bytes(),
-        ] {
+        for part in [user.as_bytes(), hash_tail(hash), password.as_bytes()] {
             mac.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
             mac.update(part);
         }
@@ -298,24 +305,91 @@ mod tests {
 
     const BCRYPT_A: &str = "$2b$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie";
 
+    fn tag_of(cache: &VerifiedCache, user: &User, password: &str) -> [u8; 32] {
+        cache.tag(&user.name, &user.hash, password)
+    }
+
     #[test]
     fn cache_tag_binds_user_hash_and_password() {
         let cache = VerifiedCache::new();
         let a = user("alice", BCRYPT_A);
         // A new hash of the same password: a new salt, so a new digest.
         let rehashed = bcrypt::hash("pw", 4).unwrap();
-        let tag = cache.tag(&a, "pw");
-        assert_eq!(tag, cache.tag(&a, "pw"));
-        assert_ne!(tag, cache.tag(&a, "pw2"));
-        assert_ne!(tag, cache.tag(&user("alice", &rehashed), "pw"));
-        assert_ne!(tag, cache.tag(&user("alicf", BCRYPT_A), "pw"));
+        let tag = tag_of(&cache, &a, "pw");
+        assert_eq!(tag, tag_of(&cache, &a, "pw"));
+        assert_ne!(tag, tag_of(&cache, &a, "pw2"));
+        assert_ne!(tag, tag_of(&cache, &user("alice", &rehashed), "pw"));
+        assert_ne!(tag, tag_of(&cache, &user("alicf", BCRYPT_A), "pw"));
         cache.insert(tag);
         assert!(cache.contains(&tag));
-        assert!(!cache.contains(&cache.tag(&user("alice", &rehashed), "pw")));
+        assert!(!cache.contains(&tag_of(&cache, &user("alice", &rehashed), "pw")));
     }
 
-    #[test]
-    fn dummy_hash_parses() {
-        assert!(PasswordHash::parse(DUMMY_HASH).is_ok());
+    fn users(hashes: &[(&str, &str)]) -> UserDb {
+        UserDb::new(
+            hashes
+                .iter()
+                .map(|(name, hash)| (name.to_string(), Arc::new(user(name, hash))))
+                .collect(),
+        )
+    }
+
+    /// Nine identical attempts at once cost one hash, for a known user and an unknown name
+    /// alike. The test is the hashing thread: it hashes only once all nine are waiting, so
+    /// they certainly overlap, and it counts the hashes asked of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_concurrent_attempts_share_one_hash_known_or_not() {
+        let db = users(&[("alice", BCRYPT_A), ("bob", BCRYPT_A)]);
+        for name in ["alice", "nobody"] {
+            let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+            let verifier = PasswordVerifier::with_queue(jobs, Counter::default());
+            let attempts: Vec<_> = (0..9)
+                .map(|_| verifier.verify(&db, name, "wrong"))
+                .collect();
+            let all = futures_util::future::join_all(attempts);
+            let worker = async {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                // Each waiting attempt holds the shared cell once; the map holds it once more.
+                let waiting = || {
+                    verifier
+                        .in_flight
+                        .lock()
+                        .values()
+                        .map(|cell| Arc::strong_count(cell) - 1)
+                        .sum::<usize>()
+                };
+                while waiting() < 9 {
+                    assert!(Instant::now() < deadline, "the attempts never all waited");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let job = loop {
+                    if let Ok(job) = queue.try_recv() {
+                        break job;
+                    }
+                    assert!(Instant::now() < deadline, "no hash was asked for");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                let ok = job.hash.verify(job.password.as_bytes());
+                let _ = job.reply.send(ok);
+            };
+            let (results, ()) = tokio::join!(all, worker);
+            assert_eq!(
+                queue.try_iter().count(),
+                0,
+                "{name}: one hash for nine attempts"
+            );
+            for result in results {
+                let Err(Refusal::Deny(denial)) = result else {
+                    panic!("{name}: not a denial: {result:?}");
+                };
+                let expected = if name == "alice" {
+                    DenyReason::BadPassword
+                } else {
+                    DenyReason::UnknownUser
+                };
+                assert_eq!(denial.reason, expected);
+            }
+            assert_eq!(verifier.verifications.get(), 1, "{name}: counted once");
+        }
     }
 }

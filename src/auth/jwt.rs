@@ -4,7 +4,8 @@
 //! (`none` never is: it cannot even be configured); the key is chosen by the algorithm's
 //! family, so an HMAC algorithm is only ever verified with `hmac_secret_file` and an
 //! asymmetric one only with a JWKS public key (never the algorithm-confusion attack); then the
-//! signature, then `iss`, `aud`, `exp` and `nbf` (with `leeway`); last the identity claims.
+//! signature, then the header's `typ` (RFC 9068 §4: only the `token_types` listed are access
+//! tokens), then `iss`, `aud`, `exp` and `nbf` (with `leeway`); last the identity claims.
 //! Every refusal names what was wrong in the log detail, never the token itself.
 
 use std::fmt;
@@ -31,6 +32,8 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15 * 60);
 /// Smallest HMAC secret accepted: 256 bits.
 pub const MIN_HMAC_SECRET: usize = 32;
+/// Default `token_types`: RFC 9068 access tokens and the generic type most issuers send.
+pub const DEFAULT_TOKEN_TYPES: [&str; 2] = ["at+jwt", "JWT"];
 
 /// Every algorithm name `jwt.algorithms` accepts, in the order the docs list them.
 const ALGORITHM_NAMES: [&str; 12] = [
@@ -66,6 +69,18 @@ pub struct JwtSettings {
     pub groups_claim: String,
     /// Claim holding the scopes.
     pub scope_claim: String,
+    /// Accepted `typ` values, lowercase and without an `application/` prefix.
+    pub token_types: Vec<String>,
+}
+
+/// A `typ` value as compared: RFC 7515 §4.1.9 media types are case-insensitive and may omit
+/// their `application/` prefix.
+pub fn normalize_token_type(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
 }
 
 /// Where verification keys come from.
@@ -105,6 +120,8 @@ pub struct Token<'a> {
     alg: String,
     kid: Option<String>,
     crit: bool,
+    /// The header's `typ`: `None` when absent, `Some(None)` when not a string.
+    typ: Option<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +131,8 @@ struct RawHeader {
     kid: Option<String>,
     #[serde(default)]
     crit: Option<Value>,
+    #[serde(default)]
+    typ: Option<Value>,
 }
 
 impl<'a> Token<'a> {
@@ -135,6 +154,7 @@ impl<'a> Token<'a> {
             alg: header.alg,
             kid: header.kid,
             crit: header.crit.is_some(),
+            typ: header.typ.map(|t| t.as_str().map(str::to_string)),
         })
     }
 
@@ -280,8 +300,35 @@ impl JwtVerifier {
                 self.verify_with_set(token, alg, keys, validation)?
             }
         };
+        // After the signature: only a token the issuer signed is judged by its type.
+        self.check_type(token)?;
         self.check_claims(&claims, now)?;
         Ok(self.identity(&claims)?)
+    }
+
+    /// RFC 9068 §4: an ID token, a logout token or a DPoP proof signed by the same issuer is
+    /// no access token, and the header's `typ` is what tells them apart.
+    fn check_type(&self, token: &Token<'_>) -> Result<(), Denial> {
+        let listed = |typ: &str| self.settings.token_types.iter().any(|t| t == typ);
+        match &token.typ {
+            None if listed("jwt") => Ok(()),
+            None => Err(deny(
+                DenyReason::WrongTokenType,
+                "the token has no typ header, and jwt.token_types does not list \"JWT\"",
+            )),
+            Some(None) => Err(deny(
+                DenyReason::WrongTokenType,
+                "the token's typ header is not a string",
+            )),
+            Some(Some(typ)) if listed(&normalize_token_type(typ)) => Ok(()),
+            Some(Some(typ)) => Err(deny(
+                DenyReason::WrongTokenType,
+                format!(
+                    "the token's typ {:?} is not in jwt.token_types",
+                    printable(typ, 32)
+                ),
+            )),
+        }
     }
 
     fn allowed_algorithm(&self, token: &Token<'_>) -> Result<Algorithm, Denial> {
@@ -741,7 +788,45 @@ pub fn from_section(
             Some(v) => Ok(v.get_ref().clone()),
         }
     };
+    let token_types = match &section.token_types {
+        None => DEFAULT_TOKEN_TYPES
+            .iter()
+            .map(|t| normalize_token_type(t))
+            .collect(),
+        Some(listed) => {
+            if listed.get_ref().is_empty() {
+                return Err(err(
+                    Some(listed.span()),
+                    "jwt.token_types",
+                    "expected at least one token type, such as \"at+jwt\" or \"JWT\"".to_string(),
+                ));
+            }
+            let mut types: Vec<String> = Vec::new();
+            for (i, typ) in listed.get_ref().iter().enumerate() {
+                let normalized = normalize_token_type(typ.get_ref());
+                let valid = !normalized.is_empty()
+                    && normalized
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'/');
+                if !valid {
+                    return Err(err(
+                        Some(typ.span()),
+                        &format!("jwt.token_types[{i}]"),
+                        format!(
+                            "{:?} is not a media type: expected a name such as \"at+jwt\" or \"JWT\"",
+                            typ.get_ref()
+                        ),
+                    ));
+                }
+                if !types.contains(&normalized) {
+                    types.push(normalized);
+                }
+            }
+            types
+        }
+    };
     let settings = JwtSettings {
+        token_types,
         issuer,
         audience,
         algorithms: algorithms.clone(),
@@ -839,8 +924,14 @@ pub fn from_section(
                 ));
             }
             if url.scheme_str() == Some("http") && !is_loopback(&url) {
-                warnings.push(format!(
-                    "jwt.jwks_url {text:?} is plain http: anyone on the path could substitute their own keys; use https"
+                return Err(err(
+                    span,
+                    &key,
+                    format!(
+                        "{text:?} is plain http to a host that is not this machine: anyone on the \
+                         path could substitute their own keys and sign any token; use https:// \
+                         (plain http is allowed to localhost and loopback addresses only)"
+                    ),
                 ));
             }
             let remote = RemoteJwks::new(url, refresh, algorithms.clone())
@@ -881,6 +972,10 @@ mod tests {
             user_claim: "sub".to_string(),
             groups_claim: "groups".to_string(),
             scope_claim: "scope".to_string(),
+            token_types: DEFAULT_TOKEN_TYPES
+                .iter()
+                .map(|t| normalize_token_type(t))
+                .collect(),
         }
     }
 

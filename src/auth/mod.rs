@@ -21,6 +21,11 @@ use crate::ratelimit::FailureLimiter;
 use crate::session::{ActiveSession, Sessions};
 use std::net::IpAddr;
 
+/// Prefix of a static token's qualified identity.
+pub const TOKEN_PREFIX: &str = "token:";
+/// Prefix of a bearer JWT's qualified identity.
+pub const JWT_PREFIX: &str = "jwt:";
+
 /// Who the caller is, once authenticated.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -50,6 +55,17 @@ impl Identity {
             Principal::User(u) => &u.name,
             Principal::Token(t) => &t.name,
             Principal::Jwt(j) => &j.user,
+        }
+    }
+
+    /// The identity qualified by its source (SPEC §2 "Identities carry their source"): a
+    /// password user's bare name, `token:NAME` or `jwt:SUBJECT`. Two callers with the same
+    /// name from different sources are never the same identity.
+    pub fn qualified(&self) -> std::borrow::Cow<'_, str> {
+        match &self.principal {
+            Principal::User(u) => std::borrow::Cow::Borrowed(&u.name),
+            Principal::Token(t) => format!("{TOKEN_PREFIX}{}", t.name).into(),
+            Principal::Jwt(j) => format!("{JWT_PREFIX}{}", j.user).into(),
         }
     }
 

@@ -60,6 +60,96 @@ impl PasswordHash {
         }
     }
 
+    /// What verifying against this hash costs: its algorithm and parameters.
+    pub fn cost(&self) -> HashCost {
+        match self {
+            PasswordHash::Argon2(s) => Phc::new(s)
+                .ok()
+                .and_then(|phc| {
+                    let params = argon2::Params::try_from(&phc).ok()?;
+                    Some(HashCost::Argon2 {
+                        algorithm: phc.algorithm.as_str().to_string(),
+                        version: phc.version.unwrap_or(0x13),
+                        m: params.m_cost(),
+                        t: params.t_cost(),
+                        p: params.p_cost(),
+                        output_len: phc.hash.map_or(32, |h| h.len()),
+                    })
+                })
+                .unwrap_or_else(HashCost::default_argon2id),
+            PasswordHash::Bcrypt(s) => HashCost::Bcrypt {
+                cost: s.get(4..6).and_then(|c| c.parse().ok()).unwrap_or(12),
+            },
+        }
+    }
+
+    /// A hash of the given cost that no password matches: a random digest under a random salt,
+    /// well-formed so that verifying against it does all the work a real hash does (a
+    /// malformed one would fail fast, and the speed would tell).
+    pub fn dummy(cost: &HashCost) -> PasswordHash {
+        let mut random = [0u8; 64];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        match cost {
+            HashCost::Argon2 {
+                algorithm,
+                version,
+                m,
+                t,
+                p,
+                output_len,
+            } => {
+                let salt = argon2::password_hash::SaltString::generate(&mut rand::rngs::OsRng);
+                let digest =
+                    argon2::password_hash::Output::new(&random[..(*output_len).clamp(10, 64)])
+                        .map(|o| o.to_string())
+                        .unwrap_or_default();
+                let text = format!(
+                    "${algorithm}$v={version}$m={m},t={t},p={p}${}${digest}",
+                    salt.as_str()
+                );
+                PasswordHash::parse(&text).unwrap_or_else(|_| Self::default_dummy())
+            }
+            HashCost::Bcrypt { cost } => {
+                // bcrypt's last salt and digest characters carry padding bits that must be
+                // zero, so the string comes from bcrypt itself at its cheapest cost, then
+                // takes the configured cost: verifying it then runs the full 2^cost rounds.
+                let unguessable = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD_NO_PAD,
+                    &random[..33],
+                );
+                let cheap = bcrypt::hash(unguessable, 4).unwrap_or_default();
+                let text = match cheap.get(..4).zip(cheap.get(6..)) {
+                    Some((prefix, rest)) => format!("{prefix}{cost:02}{rest}"),
+                    None => String::new(),
+                };
+                PasswordHash::parse(&text).unwrap_or_else(|_| Self::default_dummy())
+            }
+        }
+    }
+
+    /// The dummy for the configured users: of the cost most of them have (ties go to the
+    /// costlier kind, so that the slowest common answer is the one an unknown name gets), or
+    /// argon2id with the default parameters when there are none.
+    pub fn dummy_for<'a>(hashes: impl IntoIterator<Item = &'a PasswordHash>) -> PasswordHash {
+        let mut counts: Vec<(HashCost, usize)> = Vec::new();
+        for hash in hashes {
+            let cost = hash.cost();
+            match counts.iter_mut().find(|(c, _)| *c == cost) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((cost, 1)),
+            }
+        }
+        let common = counts
+            .into_iter()
+            .max_by(|(a, n), (b, m)| n.cmp(m).then_with(|| a.weight().cmp(&b.weight())))
+            .map_or_else(HashCost::default_argon2id, |(cost, _)| cost);
+        Self::dummy(&common)
+    }
+
+    fn default_dummy() -> PasswordHash {
+        PasswordHash::Argon2(DEFAULT_DUMMY.to_string())
+    }
+
     /// Hashes a password with argon2id and the default parameters (m=19456 KiB, t=2, p=1).
     pub fn hash_argon2id(password: &[u8]) -> Result<String, String> {
         let salt = argon2::password_hash::SaltString::generate(&mut rand::rngs::OsRng);
@@ -67,6 +157,59 @@ impl PasswordHash {
             .hash_password(password, &salt)
             .map(|h| h.to_string())
             .map_err(|e| format!("argon2 failed: {e}"))
+    }
+}
+
+/// An argon2id hash (default parameters) of a random password nobody knows: the dummy when a
+/// dummy of the configured cost cannot be built.
+const DEFAULT_DUMMY: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3wEPxnFrM3+kbMyuzKHcCKbQlW4Q29q7JMoL6kBKmBU";
+
+/// The algorithm and parameters of a stored hash: what one verification against it costs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HashCost {
+    /// argon2id or argon2i.
+    Argon2 {
+        /// `argon2id` or `argon2i`.
+        algorithm: String,
+        /// The argon2 version (0x13 = 19).
+        version: u32,
+        /// Memory in KiB.
+        m: u32,
+        /// Passes.
+        t: u32,
+        /// Lanes.
+        p: u32,
+        /// Digest length in bytes.
+        output_len: usize,
+    },
+    /// bcrypt.
+    Bcrypt {
+        /// log2 of the rounds.
+        cost: u32,
+    },
+}
+
+impl HashCost {
+    /// argon2id with the argon2 crate's default parameters (what `hash-password` makes).
+    pub fn default_argon2id() -> HashCost {
+        let params = argon2::Params::default();
+        HashCost::Argon2 {
+            algorithm: "argon2id".to_string(),
+            version: 0x13,
+            m: params.m_cost(),
+            t: params.t_cost(),
+            p: params.p_cost(),
+            output_len: argon2::Params::DEFAULT_OUTPUT_LEN,
+        }
+    }
+
+    /// A rough order of cost, only to break ties between equally common kinds.
+    fn weight(&self) -> u64 {
+        match self {
+            HashCost::Argon2 { m, t, .. } => u64::from(*m) * u64::from(*t),
+            HashCost::Bcrypt { cost } => 1u64 << (*cost).min(40),
+        }
     }
 }
 
@@ -257,6 +400,61 @@ mod tests {
         assert_eq!(parse_htpasswd(&dup).unwrap_err().line, 2);
         assert!(parse_htpasswd("nocolon\n").is_err());
         assert_eq!(parse_htpasswd(&format!("carol:{BCRYPT}")).unwrap().len(), 1);
+    }
+
+    /// Whether verifying against `hash` runs the full algorithm (a parse error would return
+    /// at once, and its speed would tell a dummy apart).
+    fn verifies_in_full(hash: &PasswordHash) -> bool {
+        match hash {
+            PasswordHash::Argon2(s) => {
+                let phc = Phc::new(s).unwrap();
+                matches!(
+                    Argon2::default().verify_password(b"guess", &phc),
+                    Err(argon2::password_hash::Error::Password)
+                )
+            }
+            PasswordHash::Bcrypt(s) => matches!(bcrypt::verify("guess", s), Ok(false)),
+        }
+    }
+
+    #[test]
+    fn the_dummy_has_the_algorithm_and_cost_of_most_users() {
+        let bcrypt12 = || PasswordHash::parse(&bcrypt::hash("pw", 12).unwrap()).unwrap();
+        let argon_default =
+            PasswordHash::parse(&PasswordHash::hash_argon2id(b"pw").unwrap()).unwrap();
+        let argon_light = PasswordHash::parse(
+            "$argon2id$v=19$m=8192,t=3,p=2$c29tZXNhbHRzb21lc2FsdA$3wEPxnFrM3+kbMyuzKHcCKbQlW4Q29q7JMoL6kBKmBU",
+        )
+        .unwrap();
+
+        // Only bcrypt-12 users: the dummy is bcrypt, cost 12.
+        let users = [bcrypt12(), bcrypt12()];
+        let dummy = PasswordHash::dummy_for(&users);
+        assert!(matches!(dummy, PasswordHash::Bcrypt(_)), "{dummy:?}");
+        assert_eq!(dummy.cost(), HashCost::Bcrypt { cost: 12 });
+        assert!(verifies_in_full(&dummy));
+        assert!(!dummy.verify(b"pw"));
+
+        // Most users argon2id m=8192,t=3,p=2: the dummy has those parameters.
+        let users = [argon_light.clone(), bcrypt12(), argon_light.clone()];
+        let dummy = PasswordHash::dummy_for(&users);
+        assert_eq!(dummy.cost(), argon_light.cost());
+        assert!(verifies_in_full(&dummy));
+        assert_ne!(dummy, argon_light, "a fresh salt and digest");
+
+        // A bcrypt cost 5 user among cost 12 users: the cost 12 dummy.
+        let cheap = PasswordHash::parse(&bcrypt::hash("pw", 5).unwrap()).unwrap();
+        let users = [cheap, bcrypt12(), bcrypt12()];
+        assert_eq!(
+            PasswordHash::dummy_for(&users).cost(),
+            HashCost::Bcrypt { cost: 12 }
+        );
+
+        // No users at all: argon2id with the default parameters.
+        let dummy = PasswordHash::dummy_for(&[]);
+        assert_eq!(dummy.cost(), argon_default.cost());
+        assert_eq!(dummy.cost(), HashCost::default_argon2id());
+        assert!(verifies_in_full(&dummy));
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub struct IdentitySection {
     pub user_header: ConfigHeaderName,
     pub groups_header: ConfigHeaderName,
     pub auth_method_header: ConfigHeaderName,
+    pub identity_header: ConfigHeaderName,
     pub forward_authorization: bool,
 }
 
@@ -125,6 +126,7 @@ impl Default for IdentitySection {
             user_header: name("x-forwarded-user"),
             groups_header: name("x-forwarded-groups"),
             auth_method_header: name("x-forwarded-auth-method"),
+            identity_header: name("x-forwarded-identity"),
             forward_authorization: false,
         }
     }
@@ -265,6 +267,7 @@ pub struct JwtSection {
     pub user_claim: Option<Spanned<String>>,
     pub groups_claim: Option<Spanned<String>>,
     pub scope_claim: Option<Spanned<String>>,
+    pub token_types: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// An authentication scheme a route accepts.

@@ -103,7 +103,9 @@ pub struct IdentityConfig {
     pub groups_header: HeaderName,
     /// Carries `basic`, `bearer` or `session`.
     pub auth_method_header: HeaderName,
-    /// Pass the client's `Authorization` header upstream.
+    /// Carries the qualified identity (`alice`, `token:deploy-bot`, `jwt:alice`).
+    pub identity_header: HeaderName,
+    /// Pass the client's `Authorization` header upstream when it authenticated the request.
     pub forward_authorization: bool,
 }
 
@@ -119,12 +121,29 @@ pub struct User {
 }
 
 /// All password users, by name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UserDb {
     by_name: std::collections::HashMap<String, Arc<User>>,
+    /// What an unknown name is verified against: the cost most users' hashes have.
+    dummy: crate::auth::password::PasswordHash,
 }
 
 impl UserDb {
+    /// The users by name, with a dummy hash matching their most common cost.
+    pub fn new(by_name: std::collections::HashMap<String, Arc<User>>) -> Self {
+        // Sorted, so that which of two equally common kinds wins does not vary by run.
+        let mut users: Vec<&Arc<User>> = by_name.values().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        let dummy = crate::auth::password::PasswordHash::dummy_for(users.iter().map(|u| &u.hash));
+        UserDb { by_name, dummy }
+    }
+
+    /// The hash unknown names are verified against, so that they cost what a known user
+    /// costs (SPEC §3 `basic`).
+    pub fn dummy(&self) -> &crate::auth::password::PasswordHash {
+        &self.dummy
+    }
+
     /// Looks a user up by exact name.
     pub fn get(&self, name: &str) -> Option<&Arc<User>> {
         self.by_name.get(name)

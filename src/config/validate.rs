@@ -82,6 +82,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
             user_header: file.identity.user_header.0,
             groups_header: file.identity.groups_header.0,
             auth_method_header: file.identity.auth_method_header.0,
+            identity_header: file.identity.identity_header.0,
             forward_authorization: file.identity.forward_authorization,
         },
         session: file.session,
@@ -350,7 +351,7 @@ fn users(ctx: &Ctx<'_>, file: &FileConfig) -> Result<UserDb, ConfigError> {
             by_name.insert(entry.name, Arc::new(user));
         }
     }
-    Ok(UserDb { by_name })
+    Ok(UserDb::new(by_name))
 }
 
 fn tokens(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Vec<Arc<StaticToken>>, ConfigError> {
@@ -413,6 +414,64 @@ fn routes(
     Ok(out)
 }
 
+/// Checks one `allow_users` entry, a qualified identity (SPEC §2): a bare name is a password
+/// user, `token:NAME` a configured token, `jwt:SUBJECT` a JWT subject (needs `[jwt]`). The
+/// error for a bare name that is no password user says which prefix was probably meant: before
+/// identities were qualified, such an entry admitted a token or a JWT of that name.
+fn allowed_identity(
+    entry: &str,
+    users: &UserDb,
+    tokens: &[Arc<StaticToken>],
+    has_jwt: bool,
+) -> Result<(), String> {
+    use crate::auth::{JWT_PREFIX, TOKEN_PREFIX};
+    let is_token = |name: &str| tokens.iter().any(|t| t.name == name);
+    if let Some(name) = entry.strip_prefix(TOKEN_PREFIX) {
+        if is_token(name) {
+            return Ok(());
+        }
+        let hint = if users.contains(name) {
+            format!(" ({name:?} is a password user: write \"{name}\")")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "unknown token {name:?}: expected \"token:\" and a name from [[tokens]]{hint}"
+        ));
+    }
+    if let Some(subject) = entry.strip_prefix(JWT_PREFIX) {
+        if subject.is_empty() {
+            return Err("\"jwt:\" needs the subject after it, as in \"jwt:alice\"".to_string());
+        }
+        if !has_jwt {
+            return Err(format!(
+                "{entry:?} names a JWT subject, but there is no [jwt] section"
+            ));
+        }
+        return Ok(());
+    }
+    if let Some((prefix, _)) = entry.split_once(':') {
+        return Err(format!(
+            "unknown identity source {prefix:?} in {entry:?}: expected a password user's bare \
+             name, \"token:NAME\" or \"jwt:SUBJECT\""
+        ));
+    }
+    if users.contains(entry) {
+        return Ok(());
+    }
+    let meant = if is_token(entry) {
+        format!("; it is a token name: write \"{TOKEN_PREFIX}{entry}\"")
+    } else if has_jwt {
+        format!("; for a JWT subject write \"{JWT_PREFIX}{entry}\"")
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "unknown user {entry:?}: a bare name in allow_users is a password user from [[users]] or \
+         [users_file]{meant}"
+    ))
+}
+
 fn same_path(a: &RouteEntry, b: &RouteEntry) -> bool {
     let (pa, pb) = (a.path.get_ref().as_str(), b.path.get_ref().as_str());
     if a.case_insensitive || b.case_insensitive {
@@ -452,16 +511,13 @@ fn route(
         ));
     }
     for (n, user) in entry.allow_users.iter().enumerate() {
-        let name = user.get_ref();
-        let known = users.contains(name) || tokens.iter().any(|t| &t.name == name);
-        // JWT subjects are not known in advance, so with [jwt] any name may be listed.
-        if !known && !has_jwt {
-            return Err(ctx.err(
+        allowed_identity(user.get_ref(), users, tokens, has_jwt).map_err(|message| {
+            ctx.err(
                 Some(user.span()),
                 &format!("route[{i}].allow_users[{n}]"),
-                format!("unknown user {name:?}: expected a name from [[users]], [users_file] or [[tokens]]"),
-            ));
-        }
+                message,
+            )
+        })?;
     }
     let scopes = match &entry.scopes {
         Some(scopes) if !scopes.get_ref().is_empty() => {

@@ -94,7 +94,8 @@ fn describe_denial(reason: DenyReason, retry_after: Option<u64>, facts: &Facts<'
         | DenyReason::BadSignature
         | DenyReason::BadIssuer
         | DenyReason::BadAudience
-        | DenyReason::DisallowedAlgorithm => said(
+        | DenyReason::DisallowedAlgorithm
+        | DenyReason::WrongTokenType => said(
             Page::SignIn,
             "Access token not accepted",
             "The access token sent with this request was not accepted. Get a new token and try again.",

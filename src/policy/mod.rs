@@ -69,7 +69,9 @@ fn allowed(route: &Route, identity: &Identity) -> Result<(), Denial> {
     if route.allow_users.is_empty() && route.allow_groups.is_empty() {
         return Ok(());
     }
-    let by_user = route.allow_users.iter().any(|u| u == identity.user());
+    // Qualified on both sides: a JWT subject or token name never matches a password user.
+    let qualified = identity.qualified();
+    let by_user = route.allow_users.iter().any(|u| *u == qualified);
     let by_group = identity
         .groups()
         .iter()
@@ -81,7 +83,7 @@ fn allowed(route: &Route, identity: &Identity) -> Result<(), Denial> {
         DenyReason::UserNotAllowed,
         format!(
             "user {:?} is not in allow_users and none of their groups is in allow_groups of route {}",
-            identity.user(),
+            qualified,
             route.path
         ),
     ))

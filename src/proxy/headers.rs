@@ -9,7 +9,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::auth::Identity;
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, Scheme};
 
 /// The request id header, as a name (no parsing per request).
 const REQUEST_ID: HeaderName = HeaderName::from_static(crate::response::REQUEST_ID);
@@ -31,8 +31,9 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// from, or by which it might re-route the request. A client must never set them; they are
 /// matched ignoring case and treating `_` as `-`, since some servers (CGI, WSGI, PHP) fold both
 /// spellings into one.
-const SPOOFABLE: [&str; 20] = [
+const SPOOFABLE: [&str; 21] = [
     "x-forwarded-user",
+    "x-forwarded-identity",
     "x-forwarded-groups",
     "x-forwarded-auth-method",
     "x-forwarded-email",
@@ -94,7 +95,12 @@ pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     remove_connection_listed(headers);
     remove_hop_by_hop(headers);
     remove_spoofable(headers, ctx.config);
-    if !ctx.config.forward_authorization {
+    // Only the credential that admitted this request may travel on: not one that came along
+    // with a session that did, nor one sent to a public route (nobody checked it).
+    let admitted_by_authorization = ctx
+        .identity
+        .is_some_and(|i| matches!(i.method, Scheme::Basic | Scheme::Bearer));
+    if !(ctx.config.forward_authorization && admitted_by_authorization) {
         headers.remove(header::AUTHORIZATION);
     }
     if !ctx.preserve_host {
@@ -192,6 +198,7 @@ fn remove_spoofable(headers: &mut HeaderMap, config: &IdentityConfig) {
         config.user_header.as_str(),
         config.groups_header.as_str(),
         config.auth_method_header.as_str(),
+        config.identity_header.as_str(),
         crate::response::REQUEST_ID,
     ];
     let doomed: Vec<HeaderName> = headers
@@ -292,6 +299,11 @@ fn add_identity(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
         joined.push_str(group);
     }
     insert_owned(headers, ctx.config.groups_header.clone(), joined);
+    insert_owned(
+        headers,
+        ctx.config.identity_header.clone(),
+        identity.qualified().into_owned(),
+    );
     headers.insert(
         ctx.config.auth_method_header.clone(),
         HeaderValue::from_static(identity.method.as_str()),
@@ -316,6 +328,7 @@ mod tests {
             user_header: HeaderName::from_static("x-forwarded-user"),
             groups_header: HeaderName::from_static("x-forwarded-groups"),
             auth_method_header: HeaderName::from_static("x-forwarded-auth-method"),
+            identity_header: HeaderName::from_static("x-forwarded-identity"),
             forward_authorization: false,
         }
     }

@@ -201,6 +201,7 @@ fn bearer_error(reason: DenyReason) -> Option<(&'static str, &'static str)> {
         DenyReason::BadIssuer => "the token issuer is not accepted",
         DenyReason::BadAudience => "the token audience is not accepted",
         DenyReason::DisallowedAlgorithm => "the token algorithm is not accepted",
+        DenyReason::WrongTokenType => "the token is not an access token",
         _ => return None,
     };
     Some(("invalid_token", description))

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub live_sessions: Gauge,
     /// Config reloads by outcome.
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// Password hashes computed (coalesced and cached checks are not counted).
+    pub password_verifications: Counter,
     /// Handles on `requests` counters by route and status class (see `request_counter`).
     request_cache: RwLock<HashMap<Box<str>, ClassCounters>>,
 }
@@ -137,8 +139,16 @@ impl Default for Metrics {
             "Configuration reloads by outcome",
             reloads.clone(),
         );
+        let password_verifications = Counter::default();
+        registry.register(
+            "password_verifications",
+            "Password hashes computed, for known and unknown user names alike (identical \
+             attempts under way together share one; remembered successes cost none)",
+            password_verifications.clone(),
+        );
         Metrics {
             registry,
+            password_verifications,
             requests,
             denials,
             auth_seconds,

@@ -35,10 +35,11 @@ use tokio::net::TcpStream;
 // ---------------------------------------------------------------------------------------------
 
 /// The identity headers the standard config sets (default names).
-const IDENTITY: [&str; 3] = [
+const IDENTITY: [&str; 4] = [
     "x-forwarded-user",
     "x-forwarded-groups",
     "x-forwarded-auth-method",
+    "x-forwarded-identity",
 ];
 
 /// `Authorization: Basic …\r\n` for a raw request.
@@ -91,8 +92,16 @@ fn statuses(text: &str) -> Vec<u16> {
 }
 
 /// The upstream must hold exactly the proxy's identity, once per header, and no other header
-/// whose name, lower-cased with `_` read as `-`, is an identity header.
-fn assert_identity(seen: &Recorded, user: &str, groups: &str, method: &str) {
+/// whose name, lower-cased with `_` read as `-`, is an identity header. `identity` is the
+/// qualified identity (`bob`, `token:ci-bot`); the user header carries its bare name.
+fn assert_identity(seen: &Recorded, identity: &str, groups: &str, method: &str) {
+    let user = identity.split_once(':').map_or(identity, |(_, name)| name);
+    assert_eq!(
+        seen.header_all("x-forwarded-identity"),
+        vec![identity],
+        "{:?}",
+        seen.headers
+    );
     assert_eq!(
         seen.header_all("x-forwarded-user"),
         vec![user],

@@ -26,6 +26,9 @@ const SPOOF_LINES: &[&str] = &[
     "X-Forwarded-Auth-Method: session",
     "x-forwarded_auth_method: session",
     "X_FORWARDED_AUTH_METHOD: bearer",
+    "X-Forwarded-Identity: alice",
+    "x_forwarded_identity: jwt:alice",
+    "X_Forwarded-IDENTITY: token:ci-bot",
     "Remote-User: admin",
     "X-Remote-User: admin",
     "X-Auth-Request-User: admin",
@@ -84,7 +87,7 @@ async fn identity_headers_in_every_spelling_are_replaced() {
     assert_eq!(statuses(&text), vec![200], "{text}");
     assert_identity(
         &upstream.only("/home/bearer-spoof"),
-        "ci-bot",
+        "token:ci-bot",
         "ci",
         "bearer",
     );
@@ -167,6 +170,8 @@ async fn identity_headers_are_replaced_over_http2() {
         ("x_forwarded_groups", "admins"),
         ("x-forwarded-auth-method", "session"),
         ("x_forwarded_auth_method", "session"),
+        ("x-forwarded-identity", "alice"),
+        ("x_forwarded_identity", "alice"),
         ("remote-user", "admin"),
     ];
     let status = h2_get(&mut sender, &proxy, "/public/h2-spoof", spoof).await;
