@@ -312,3 +312,69 @@ async fn secrets_never_appear_in_any_log_line_at_any_level() {
         );
     }
 }
+
+/// An `Authorization` whose first word is no scheme name (a bare token, as people paste them)
+/// is described as "an unrecognised scheme": no piece of it, long or short, is ever logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecognised_credentials_are_never_quoted() {
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .log_level("trace")
+        .start()
+        .await;
+    // Every 4-character window of these holds an upper-case letter or `_`, so none can occur
+    // in a log line by chance (request ids are lower-case hex).
+    let long = "ghp_Q7xZk9VwM2pL4tR8nB6yH1jD3fG5sA0";
+    let short = "Zq8vW3kX";
+    let two_words = "Xk7Qm2Wp9Lz4Rb Yh5Tn8Jc3Vd6";
+    let mut ids = Vec::new();
+    for value in [long, short, two_words] {
+        for path in ["/home", "/api/x", "/admin"] {
+            let response = proxy.get(path, &[("authorization", value)]).await;
+            assert_eq!(response.status, 401, "{path} {value}: {}", response.text());
+            let event = proxy.access_of(&response).await;
+            assert_eq!(event["reason"], "missing_credentials", "{event}");
+            let detail = event["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("an unrecognised scheme"), "{event}");
+            ids.push(response.request_id());
+        }
+    }
+    // A registered scheme the route does not take is still named (in its registered spelling).
+    let digest = proxy
+        .get("/home", &[("authorization", "dIgEsT username=Pw7Rk2Mz")])
+        .await;
+    let event = proxy.access_of(&digest).await;
+    assert_eq!(event["reason"], "missing_credentials", "{event}");
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Digest"),
+        "{event}"
+    );
+    let sentinel = proxy.get("/public/sentinel", &[]).await;
+    proxy.access_of(&sentinel).await;
+
+    let output = proxy.all_output();
+    for secret in [long, short, two_words, "Pw7Rk2Mz", "dIgEsT"] {
+        for piece in pieces(secret, 4) {
+            let hits: Vec<&str> = output.lines().filter(|l| l.contains(piece)).collect();
+            assert!(
+                hits.is_empty(),
+                "the log contains {piece:?} (from {secret:?}):\n{}",
+                hits.join("\n")
+            );
+        }
+    }
+}
+
+/// Every substring of `text` of at least `min` bytes (ASCII text).
+fn pieces(text: &str, min: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    for start in 0..text.len() {
+        for end in start + min..=text.len() {
+            out.push(&text[start..end]);
+        }
+    }
+    out
+}

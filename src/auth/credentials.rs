@@ -18,17 +18,46 @@ pub enum Credential<'a> {
     Basic(Result<BasicCredential, &'static str>),
     /// `Bearer …`: the token, or why it is malformed.
     Bearer(Result<&'a str, &'static str>),
-    /// Another scheme; holds its name (a short, sanitised copy for the log detail).
-    Other(SchemeName),
+    /// Another scheme: a registered one by name, or an unrecognised first word.
+    Other(OtherScheme),
 }
 
-/// A scheme name safe to log: at most 16 token characters.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SchemeName(String);
+/// A scheme other than Basic and Bearer, as it may be logged. A first word that is no known
+/// scheme name is often the secret itself (`Authorization: ghp_…`, a token pasted without
+/// `Bearer`), so not one character of it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherScheme {
+    /// A registered scheme, in its registered spelling (never the client's bytes).
+    Known(&'static str),
+    /// Anything else.
+    Unrecognised,
+}
 
-impl fmt::Debug for SchemeName {
+/// HTTP authentication schemes in the IANA registry (RFC 9110 §16.4), plus the unregistered
+/// ones in wide use, in their usual spelling. Basic and Bearer are parsed, not named here.
+const KNOWN_SCHEMES: [&str; 14] = [
+    "AWS4-HMAC-SHA256",
+    "Concealed",
+    "Digest",
+    "DPoP",
+    "GNAP",
+    "HOBA",
+    "Mutual",
+    "Negotiate",
+    "NTLM",
+    "OAuth",
+    "PrivateToken",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "vapid",
+];
+
+impl fmt::Display for OtherScheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        match self {
+            OtherScheme::Known(name) => write!(f, "a {name} credential"),
+            OtherScheme::Unrecognised => f.write_str("a credential of an unrecognised scheme"),
+        }
     }
 }
 
@@ -84,21 +113,15 @@ pub fn parse_value(text: &str) -> Credential<'_> {
     } else if scheme.eq_ignore_ascii_case("bearer") {
         Credential::Bearer(parse_bearer(rest))
     } else {
-        Credential::Other(scheme_name(scheme))
+        Credential::Other(other_scheme(scheme))
     }
 }
 
-fn scheme_name(scheme: &str) -> SchemeName {
-    let clean: String = scheme
-        .chars()
-        .take(16)
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        .collect();
-    SchemeName(if clean.is_empty() {
-        "?".to_string()
-    } else {
-        clean
-    })
+fn other_scheme(scheme: &str) -> OtherScheme {
+    KNOWN_SCHEMES
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(scheme))
+        .map_or(OtherScheme::Unrecognised, |known| OtherScheme::Known(known))
 }
 
 /// RFC 7617: base64 of `user:password`, both UTF-8.
@@ -212,9 +235,23 @@ mod tests {
 
     #[test]
     fn other_schemes_are_named_safely() {
-        match parse_value("Digest username=x") {
-            Credential::Other(name) => assert_eq!(name, SchemeName("Digest".into())),
+        let other = |text: &str| match parse_value(text) {
+            Credential::Other(scheme) => scheme,
             other => panic!("{other:?}"),
+        };
+        assert_eq!(other("dIgEsT username=x"), OtherScheme::Known("Digest"));
+        assert_eq!(other("negotiate abc"), OtherScheme::Known("Negotiate"));
+        // A bare token, long or short, or an unknown word before one: never quoted.
+        for text in [
+            "ghp_R3alS3cretT0k3nAbcdef",
+            "sh0rt",
+            "Token abc",
+            "Digest2 x",
+            "",
+        ] {
+            assert_eq!(other(text), OtherScheme::Unrecognised, "{text:?}");
+            let shown = other(text).to_string();
+            assert_eq!(shown, "a credential of an unrecognised scheme");
         }
     }
 

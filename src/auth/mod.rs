@@ -108,7 +108,7 @@ pub async fn authenticate(
         Credential::None => Err(missing(route, "no credentials were sent").into()),
         Credential::Other(scheme) => Err(missing(
             route,
-            format!("sent a {scheme:?} credential, which this route does not accept"),
+            format!("sent {scheme}, which this route does not accept"),
         )
         .into()),
         Credential::Basic(basic) => {
