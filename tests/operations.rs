@@ -454,6 +454,78 @@ async fn tls_serves_http1_and_http2_by_alpn() {
     );
 }
 
+/// Under TLS the protocol ALPN chose is the only one spoken: HTTP/1.1 on a connection that
+/// negotiated `h2`, or HTTP/2 on one that negotiated `http/1.1` (or nothing), ends the
+/// connection and reaches no upstream (h2spec http2/3.5/2 over TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_only_the_protocol_alpn_chose() {
+    let upstream = Upstream::start().await;
+    let (cert, key, der) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = tls_section(dir.path(), &cert, &key);
+    let body = format!("{}{TLS_ROUTES}", principals());
+    let proxy = Proxy::start_in(dir, &config_text(&upstream.url(), &tls, &body)).await;
+
+    // HTTP/1.1 on an h2 connection.
+    let stream = tls_connect(proxy.addr, client(&[&der], &[b"h2"]))
+        .await
+        .expect("TLS handshake");
+    assert_eq!(alpn(&stream).as_deref(), Some(&b"h2"[..]));
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = request("/public/h1-on-h2", &[("host", "localhost")]);
+        sender.send_request(request).await.map(|r| r.status())
+    };
+    let answered = tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("an answer or a close in time");
+    assert!(
+        answered.is_err(),
+        "HTTP/1.1 was served on an h2 connection: {answered:?}"
+    );
+
+    // HTTP/2 on an http/1.1 connection, and on one without ALPN.
+    for offered in [&[&b"http/1.1"[..]][..], &[]] {
+        let stream = tls_connect(proxy.addr, client(&[&der], offered))
+            .await
+            .expect("TLS handshake");
+        assert_ne!(alpn(&stream).as_deref(), Some(&b"h2"[..]));
+        let uri = format!("https://localhost:{}/public/h2-on-h1", proxy.addr.port());
+        let exchange = async {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await?;
+            tokio::spawn(connection);
+            sender
+                .send_request(request(&uri, &[]))
+                .await
+                .map(|r| r.status())
+        };
+        let answered = tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .expect("an answer or a close in time");
+        assert!(
+            answered.is_err(),
+            "HTTP/2 was served on a connection offering {offered:?}: {answered:?}"
+        );
+    }
+    assert!(upstream.requests().is_empty(), "{:#?}", upstream.requests());
+
+    // The negotiated protocol still works on the same listener.
+    let stream = tls_connect(proxy.addr, client(&[&der], &[b"h2"]))
+        .await
+        .expect("TLS handshake");
+    let mut h2 = h2_over(stream).await;
+    assert_eq!(h2_get(&mut h2, proxy.addr, "/public/h2").await.status, 200);
+    let stream = tls_connect(proxy.addr, client(&[&der], &[b"http/1.1"]))
+        .await
+        .expect("TLS handshake");
+    let mut h1 = h1_over(stream).await;
+    assert_eq!(h1_get(&mut h1, "/public/h1", &[]).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_refuses_plain_http_and_tls_below_1_2() {
     let upstream = Upstream::start().await;

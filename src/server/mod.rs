@@ -1,5 +1,6 @@
 //! Listeners and connections: accept loops, connection limits, HTTP/1.1 + HTTP/2 via
-//! hyper-util's auto builder, and graceful shutdown.
+//! hyper-util's auto builder (under TLS held to the protocol ALPN chose), and graceful
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +14,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+mod alpn;
 mod framing;
 mod idle;
 mod tunnel;
 
+use alpn::{AlpnGuard, Negotiated};
 pub use framing::FramingConflict;
 use framing::{FramingFlags, FramingWatch};
 use idle::{Activity, Tracked};
@@ -179,7 +182,10 @@ impl AcceptLoop {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let info = ConnInfo { peer, tls: true };
-                            driver.serve(app.clone(), tls_stream, info, &activity).await;
+                            let negotiated =
+                                Negotiated::from_alpn(tls_stream.get_ref().1.alpn_protocol());
+                            let io = AlpnGuard::new(tls_stream, negotiated);
+                            driver.serve(app.clone(), io, info, &activity).await;
                         }
                         Ok(Err(err)) => {
                             tracing::debug!(error = %err, client = %peer, "TLS handshake failed")
