@@ -17,7 +17,7 @@ pub use credentials::Credential;
 
 use crate::config::{Config, Route, Scheme, StaticToken, User};
 use crate::error::{Denial, DenyReason, Refusal};
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{AttemptKeys, FailureLimiter};
 use crate::session::{ActiveSession, Sessions};
 use std::net::IpAddr;
 
@@ -138,14 +138,10 @@ pub async fn authenticate(
             }
             let token = token
                 .map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
-            ctx.limiter.check(ctx.client_ip, None).await?;
-            let principal = match bearer::authenticate(config, token).await {
-                Ok(principal) => principal,
-                Err(denial) => {
-                    ctx.limiter.record_failure(ctx.client_ip, None).await;
-                    return Err(denial.into());
-                }
-            };
+            // Tokens are not guesses of a secret a person chose: a refused one is logged and
+            // counted in metrics, never toward a lockout, and a locked-out client is still
+            // served on a valid one (SPEC §2 `[rate_limit]`).
+            let principal = bearer::authenticate(config, token).await?;
             Ok(Identity {
                 principal,
                 method: Scheme::Bearer,
@@ -170,19 +166,28 @@ pub struct AuthContext<'a> {
 }
 
 impl AuthContext<'_> {
-    /// A password check (Basic or the login form) behind the brute-force limits: a locked-out
-    /// client or user is refused before any hashing, and a wrong password or unknown user
-    /// counts against both.
+    /// A password check (Basic or the login form) behind the brute-force limits: the attempt
+    /// is admitted (a slot taken for the client and the user) before any hashing and before
+    /// the verified-credential cache, so a locked-out guesser never learns whether a guess
+    /// was right; a wrong password or unknown user keeps the slots as failures.
     pub async fn check_password(&self, user: &str, password: &str) -> Result<Arc<User>, Refusal> {
-        self.limiter.check(self.client_ip, Some(user)).await?;
+        let attempt = self
+            .limiter
+            .admit(AttemptKeys {
+                ip: self.client_ip,
+                user,
+                known_device: false,
+            })
+            .await?;
         let result = self
             .verifier
             .verify(&self.config.users, user, password)
             .await;
-        if let Err(Refusal::Deny(_)) = &result {
-            self.limiter
-                .record_failure(self.client_ip, Some(user))
-                .await;
+        match &result {
+            Ok(_) => attempt.succeeded().await,
+            Err(Refusal::Deny(_)) => attempt.failed().await,
+            // Not verified (overloaded): the slots are given back as the attempt drops.
+            Err(Refusal::Fail(_)) => drop(attempt),
         }
         result
     }

@@ -123,6 +123,18 @@ impl RedisStore {
         }
     }
 
+    /// Runs a pipeline (the Redis failure counters' scripts) with the store's timeout.
+    pub async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<T>(&mut connection)).await {
+            Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
+            Err(_) => Err(StoreError::Redis("timed out".to_string())),
+        }
+    }
+
     /// Runs a Lua script invocation with the store's timeout.
     pub async fn script<T: redis::FromRedisValue>(
         &self,
