@@ -27,7 +27,7 @@ use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
 use crate::ratelimit::FailureLimiter;
 use crate::response::{self, Body, Format, RefusalContext};
-use crate::server::FramingConflict;
+use crate::server::FramingFinding;
 use crate::session::Sessions;
 use crate::telemetry::access::{AccessGuard, AccessRecord, Logged};
 use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
@@ -86,6 +86,9 @@ struct Exchange {
     set_cookie: Option<HeaderValue>,
     /// A response already built by an endpoint that must still be logged as a denial.
     logged_refusal: Option<Refusal>,
+    /// End an HTTP/1 connection after this response: its bytes can no longer be trusted to
+    /// frame the next request the way an upstream would.
+    close_connection: bool,
 }
 
 impl Exchange {
@@ -220,6 +223,7 @@ impl App {
             next: None,
             set_cookie: None,
             logged_refusal: None,
+            close_connection: false,
         };
         let ctx = RequestContext {
             peer: canonical_ip(conn.peer.ip()),
@@ -235,6 +239,9 @@ impl App {
         headers.insert(response::REQUEST_ID, exchange.request_id.clone());
         if let Some(cookie) = exchange.set_cookie.take() {
             headers.append(http::header::SET_COOKIE, cookie);
+        }
+        if exchange.close_connection && exchange.record.http_version < Version::HTTP_2 {
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         let mut access = exchange.record;
         access.responded(response.status(), refusal);
@@ -311,6 +318,16 @@ impl App {
         let config = &runtime.config;
         let uri = request.uri();
         exchange.record.set_path(uri.path());
+        // Step 0: the request's shape, before anything is looked up. A request the framing
+        // watch flagged ends its connection: the watch no longer follows the bytes after it.
+        if let Some(finding) = request.extensions().get::<FramingFinding>() {
+            exchange.close_connection = true;
+            return Err(framing_refusal(*finding).into());
+        }
+        if let Err(denial) = request_shape(&request) {
+            exchange.close_connection = true;
+            return Err(denial.into());
+        }
         // HTTP/1 requests must be in origin form; HTTP/2 always carries scheme and authority.
         if request.version() < Version::HTTP_2
             && (uri.scheme().is_some() || uri.authority().is_some())
@@ -320,25 +337,6 @@ impl App {
                 "request target is not in origin form",
             )
             .into());
-        }
-        // Content-Length and Transfer-Encoding together: a front end and a back end that
-        // each believe a different one see different requests (hyper hides the conflict).
-        if request.extensions().get::<FramingConflict>().is_some() {
-            return Err(Denial::new(
-                DenyReason::AmbiguousPath,
-                "both Content-Length and Transfer-Encoding",
-            )
-            .into());
-        }
-        // Two Host headers let the proxy and the upstream each believe a different one.
-        if request
-            .headers()
-            .get_all(http::header::HOST)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            return Err(Denial::new(DenyReason::AmbiguousPath, "more than one Host header").into());
         }
         let (normalized, target) = policy::resolve(&config.routes, uri.path())?;
         exchange.record.set_path(normalized.forward());
@@ -541,6 +539,120 @@ struct RequestContext {
     tls: bool,
 }
 
+/// The refusal for what the HTTP/1 framing watch found in the raw request head.
+fn framing_refusal(finding: FramingFinding) -> Denial {
+    match finding {
+        FramingFinding::ConflictingFraming => Denial::new(
+            DenyReason::MalformedRequest,
+            "both Content-Length and Transfer-Encoding",
+        ),
+        FramingFinding::UnreadableLength => Denial::new(
+            DenyReason::MalformedRequest,
+            "Content-Length is not one plain number of at most 19 digits",
+        ),
+        FramingFinding::Fragment => Denial::new(
+            DenyReason::AmbiguousPath,
+            "request target has a fragment (#)",
+        ),
+    }
+}
+
+/// SPEC §3 step 0: the request shapes refused before any route is looked at, read from the
+/// headers as received (hyper keeps repeated headers and raw values).
+fn request_shape<B>(request: &Request<B>) -> Result<(), Denial> {
+    use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+    let malformed = |detail: &'static str| Denial::new(DenyReason::MalformedRequest, detail);
+    let headers = request.headers();
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(malformed("more than one Host header"));
+    }
+    if host.is_some_and(|h| !valid_authority(h.as_bytes())) {
+        return Err(malformed("Host is not a valid host[:port]"));
+    }
+    if request.version() >= Version::HTTP_2 {
+        let authority = request.uri().authority().map(|a| a.as_str());
+        if authority.is_some_and(|a| !valid_authority(a.as_bytes())) {
+            return Err(malformed(":authority is not a valid host[:port]"));
+        }
+        match (host, authority) {
+            (Some(host), Some(authority))
+                if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) =>
+            {
+                return Err(malformed("Host and :authority differ"));
+            }
+            (None, None) => return Err(malformed("neither Host nor :authority")),
+            _ => {}
+        }
+    } else if request.version() == Version::HTTP_11 && host.is_none() {
+        return Err(malformed("HTTP/1.1 request without Host"));
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(length) = lengths.next() {
+        let digits = length.as_bytes();
+        if lengths.next().is_some()
+            || !(1..=19).contains(&digits.len())
+            || !digits.iter().all(u8::is_ascii_digit)
+        {
+            return Err(malformed(
+                "Content-Length is not one plain number of at most 19 digits",
+            ));
+        }
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next() {
+        if codings.next().is_some() || !coding.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(Denial::new(
+                DenyReason::UnsupportedTransferCoding,
+                "Transfer-Encoding other than chunked",
+            ));
+        }
+    }
+    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(malformed("more than one Authorization header"));
+    }
+    Ok(())
+}
+
+/// `host[:port]` (RFC 3986 §3.2.2, strictly): a name of letters, digits, `-`, `.`, `_`, `~`,
+/// or a bracketed IPv6 address, then optionally `:` and 1 to 5 digits. No user info, no
+/// spaces, no list, no path.
+fn valid_authority(authority: &[u8]) -> bool {
+    let port = if authority.first() == Some(&b'[') {
+        let Some(close) = memchr::memchr(b']', authority) else {
+            return false;
+        };
+        let inside = &authority[1..close];
+        let ipv6 = !inside.is_empty()
+            && inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        if !ipv6 {
+            return false;
+        }
+        &authority[close + 1..]
+    } else {
+        let end = memchr::memchr(b':', authority).unwrap_or(authority.len());
+        let host = &authority[..end];
+        let name = !host.is_empty()
+            && host
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        if !name {
+            return false;
+        }
+        &authority[end..]
+    };
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => {
+            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        Some(_) => false,
+    }
+}
+
 /// `normalised path` + `?` + the original query, as the upstream's request target. When
 /// normalisation changed nothing, that is the original target itself (a reference count, not
 /// a copy).
@@ -594,6 +706,40 @@ fn well_formed_id(id: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_are_host_and_optional_port() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "a_b-c.d~e",
+            "127.0.0.1:1",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "LOCALHOST",
+        ] {
+            assert!(valid_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a, b",
+            "a,b",
+            "evil.com/admin?",
+            "user@host",
+            "host:",
+            "host:123456",
+            "host:8o",
+            ":80",
+            "[]",
+            "[::1",
+            "[::1]x",
+            "[fe80::1%25eth0]",
+            "host:80:80",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn new_request_ids_are_32_hex_digits() {

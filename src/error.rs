@@ -52,6 +52,12 @@ pub enum DenyReason {
     AmbiguousPath,
     /// No route matches the path.
     NoRoute,
+    /// A request whose shape two servers could read two ways (Host, framing, two
+    /// `Authorization` headers): refused before any route is looked at.
+    MalformedRequest,
+    /// A `Transfer-Encoding` other than `chunked`: logged as `malformed_request`, answered
+    /// 501 (a coding the proxy does not implement, not a request it could not read).
+    UnsupportedTransferCoding,
 }
 
 impl DenyReason {
@@ -79,6 +85,9 @@ impl DenyReason {
             DenyReason::RateLimited => "rate_limited",
             DenyReason::AmbiguousPath => "ambiguous_path",
             DenyReason::NoRoute => "no_route",
+            DenyReason::MalformedRequest | DenyReason::UnsupportedTransferCoding => {
+                "malformed_request"
+            }
         }
     }
 
@@ -105,6 +114,8 @@ pub enum FailReason {
     /// The client closed its connection (HTTP/1) or reset its stream (HTTP/2) before the
     /// response head was sent.
     ClientClosed,
+    /// The client's request body broke its own framing (a bad chunk).
+    ClientBodyInvalid,
 }
 
 impl FailReason {
@@ -116,6 +127,7 @@ impl FailReason {
             FailReason::StoreUnavailable => "store_unavailable",
             FailReason::Overloaded => "overloaded",
             FailReason::ClientClosed => "client_closed",
+            FailReason::ClientBodyInvalid => "client_body_invalid",
         }
     }
 }
@@ -208,6 +220,7 @@ impl Refusal {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 FailReason::ClientClosed => client_closed_status(),
+                FailReason::ClientBodyInvalid => StatusCode::BAD_REQUEST,
             },
         }
     }
@@ -279,7 +292,8 @@ fn deny_status(denial: &Denial) -> StatusCode {
         }
         DenyReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         DenyReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        DenyReason::AmbiguousPath => StatusCode::BAD_REQUEST,
+        DenyReason::AmbiguousPath | DenyReason::MalformedRequest => StatusCode::BAD_REQUEST,
+        DenyReason::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
     }
 }
 

@@ -109,7 +109,7 @@ async fn two_host_headers_are_refused() {
         let event = proxy
             .access_for(response.header("x-request-id").unwrap())
             .await;
-        assert_eq!(event["reason"], "ambiguous_path", "{event}");
+        assert_eq!(event["reason"], "malformed_request", "{event}");
         assert!(
             event["detail"].as_str().unwrap().contains("Host"),
             "{event}"

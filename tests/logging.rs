@@ -230,6 +230,7 @@ async fn secrets_never_appear_in_any_log_line_at_any_level() {
             "/home",
             vec![("authorization", &alice), ("authorization", &token)],
         ),
+        ("/home", vec![("authorization", "Basic !!not-base64!!")]),
     ];
     for (path, headers) in &requests {
         proxy.get(path, headers).await;
@@ -305,6 +306,7 @@ async fn secrets_never_appear_in_any_log_line_at_any_level() {
         "unknown_token",
         "missing_credentials",
         "malformed_credentials",
+        "malformed_request",
     ] {
         assert!(
             reasons.iter().any(|r| r == reason),

@@ -67,6 +67,12 @@ pub fn describe(refusal: &Refusal, facts: &Facts<'_>) -> Described {
                 "Request ended",
                 "The request ended before an answer was sent. Try again.",
             ),
+            FailReason::ClientBodyInvalid => said(
+                Page::BadRequest,
+                "This request could not be read",
+                "The content sent with this request was incomplete or broken, so it was not \
+                 passed on. Try again.",
+            ),
         },
     }
 }
@@ -145,6 +151,12 @@ fn describe_denial(reason: DenyReason, retry_after: Option<u64>, facts: &Facts<'
             "This address cannot be used",
             "The address of this request could be read in more than one way, so it was refused. \
              Check the link you followed.",
+        ),
+        DenyReason::MalformedRequest | DenyReason::UnsupportedTransferCoding => said(
+            Page::BadRequest,
+            "This request cannot be used",
+            "This request was not well formed, so it was refused. If a program sent it, that \
+             program needs fixing.",
         ),
         DenyReason::NoRoute => said(
             Page::NotServed,

@@ -166,6 +166,8 @@ fn add_refusal_headers(headers: &mut HeaderMap, refusal: &Refusal, route: Option
                     headers.append(WWW_AUTHENTICATE, challenge::to_value(value));
                 }
                 DenyReason::UserNotAllowed | DenyReason::NoRoute | DenyReason::AmbiguousPath => {}
+                // Refused before any route was chosen: no challenge (SPEC §4).
+                DenyReason::MalformedRequest | DenyReason::UnsupportedTransferCoding => {}
                 DenyReason::RateLimited => {}
                 // The Bearer challenge's `error` describes a bearer request (RFC 6750 §3.1):
                 // a broken Basic credential leaves it bare.

@@ -1,54 +1,96 @@
-//! A second reading of HTTP/1 request framing, for the one ambiguity hyper accepts quietly.
+//! A second reading of HTTP/1 request framing, for what hyper accepts quietly or hides.
 //!
-//! A request carrying both `Content-Length` and `Transfer-Encoding` is the classic request
-//! smuggling set-up: a front end and a back end that each believe a different header see a
-//! different number of requests. hyper reads such a request by its chunked framing and
-//! closes the connection afterwards (RFC 9112 §6.3 allows that), but it removes
-//! `Content-Length` from the header map, so the request handler cannot tell the request was
-//! ambiguous. The proxy refuses it instead: this wrapper watches the bytes hyper reads,
-//! follows request boundaries the way hyper does, and notes which request of the connection
-//! had both headers, so the handler can answer it 400 without forwarding anything.
+//! hyper reads a request carrying both `Content-Length` and `Transfer-Encoding` by its
+//! chunked framing and removes `Content-Length` from the header map; it drops a `#fragment`
+//! from the request target; it accepts `Content-Length: 5, 5` and a length padded with any
+//! number of zeros. The request handler cannot see any of that, and each is a way for a front
+//! end and a back end to read different requests out of the same bytes. This wrapper watches
+//! the bytes hyper reads, follows request boundaries the way hyper does, and notes the first
+//! request of the connection whose head showed one of these, so the handler can refuse it
+//! (and close the connection) without forwarding anything.
 //!
-//! Where the stream stops being plain HTTP/1 requests (the HTTP/2 preface, an upgrade or
-//! CONNECT, a malformed chunk that hyper will refuse anyway), the watch stops: it can then
-//! miss a conflict, but never report one that is not there.
+//! The watch follows every request hyper can read: upgrade requests and `CONNECT` too, since
+//! hyper goes on reading requests after them unless the answer switched protocols. It stops
+//! only where hyper stops reading HTTP/1 requests: at the HTTP/2 preface, once a response
+//! switched protocols (the handler says so), after a request it flagged (the handler closes
+//! the connection after refusing it), and at a body hyper will refuse (hyper closes then).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Request extension set on a request whose head had both `Content-Length` and
-/// `Transfer-Encoding`.
-#[derive(Debug, Clone, Copy)]
-pub struct FramingConflict;
+/// What the watch found in a request head: request extension set on that request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingFinding {
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    ConflictingFraming,
+    /// A `Content-Length` that is not one plain number of at most 19 digits.
+    UnreadableLength,
+    /// A `#` in the request target (hyper drops the fragment before the handler sees it).
+    Fragment,
+}
+
+impl FramingFinding {
+    fn code(self) -> u8 {
+        match self {
+            FramingFinding::ConflictingFraming => 1,
+            FramingFinding::UnreadableLength => 2,
+            FramingFinding::Fragment => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(FramingFinding::ConflictingFraming),
+            2 => Some(FramingFinding::UnreadableLength),
+            3 => Some(FramingFinding::Fragment),
+            _ => None,
+        }
+    }
+}
 
 /// What the watcher found, shared with the connection's request handler.
 #[derive(Debug, Default)]
 pub struct FramingFlags {
-    /// 1-based number of the first request head with both headers; 0 for none. hyper closes
-    /// the connection after that request, so one is all there can be.
-    conflicting: AtomicU64,
+    /// 1-based number of the first request head with a finding; 0 for none. The handler
+    /// closes the connection after refusing that request, so one is all there can be.
+    flagged: AtomicU64,
+    /// The finding's code (`FramingFinding::code`).
+    finding: AtomicU8,
     /// Requests handed to the handler so far.
     served: AtomicU64,
+    /// A response switched protocols: what follows is not HTTP/1 requests.
+    switched: AtomicBool,
 }
 
 impl FramingFlags {
-    /// Counts one more request handed to the handler and says whether it is the conflicting
-    /// one. HTTP/1 requests reach the handler one at a time and in order, so the count
+    /// Counts one more request handed to the handler and returns what the watch found in its
+    /// head. HTTP/1 requests reach the handler one at a time and in order, so the count
     /// matches the watcher's count of heads.
-    pub fn next_request_conflicts(&self) -> bool {
+    pub fn next_request_finding(&self) -> Option<FramingFinding> {
         let number = self.served.fetch_add(1, Ordering::Relaxed) + 1;
-        self.conflicting.load(Ordering::Acquire) == number
+        if self.flagged.load(Ordering::Acquire) != number {
+            return None;
+        }
+        FramingFinding::from_code(self.finding.load(Ordering::Relaxed))
     }
 
-    fn record(&self, head_number: u64) {
-        let _ =
-            self.conflicting
-                .compare_exchange(0, head_number, Ordering::Release, Ordering::Relaxed);
+    /// The handler answered with a protocol switch (101, or 2xx to `CONNECT`): hyper hands
+    /// the connection over and reads no more requests from it.
+    pub fn switched_protocols(&self) {
+        self.switched.store(true, Ordering::Release);
+    }
+
+    fn record(&self, head_number: u64, finding: FramingFinding) {
+        // The code is written first: a handler that sees the number sees the code with it.
+        if self.flagged.load(Ordering::Relaxed) == 0 {
+            self.finding.store(finding.code(), Ordering::Relaxed);
+            self.flagged.store(head_number, Ordering::Release);
+        }
     }
 }
 
@@ -117,8 +159,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FramingWatch<S> {
 }
 
 /// Bytes of a line kept for inspection: enough for every header name and value the scanner
-/// reads (a longer `Content-Length` value is not a number hyper accepts).
+/// reads. A longer `Content-Length` line is no plain length of at most 19 digits: a finding.
 const LINE_KEEP: usize = 96;
+
+/// The most digits a `Content-Length` may have (u64 has 20, and no body is that long).
+const MAX_LENGTH_DIGITS: usize = 19;
 
 /// Where in the request stream the next byte falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +180,7 @@ enum State {
     ChunkEnd,
     /// Reading trailer lines, up to an empty one.
     Trailers,
-    /// No longer HTTP/1 requests (or no longer readable like hyper reads them): not watched.
+    /// hyper reads no more HTTP/1 requests from this connection: not watched.
     Done,
 }
 
@@ -143,11 +188,45 @@ enum State {
 #[derive(Debug, Default)]
 struct Head {
     request_line_seen: bool,
+    /// The request line so far has had a space (the target starts after the first).
+    request_line_space: bool,
+    fragment: bool,
     content_length: Option<u64>,
     has_content_length: bool,
+    /// A `Content-Length` line that is not one plain number the scanner could read whole.
+    unreadable_length: bool,
     has_transfer_encoding: bool,
-    /// An upgrade request or CONNECT: what follows may not be HTTP/1 at all.
-    leaves_http: bool,
+}
+
+impl Head {
+    fn finding(&self) -> Option<FramingFinding> {
+        if self.has_content_length && self.has_transfer_encoding {
+            Some(FramingFinding::ConflictingFraming)
+        } else if self.unreadable_length {
+            Some(FramingFinding::UnreadableLength)
+        } else if self.fragment {
+            Some(FramingFinding::Fragment)
+        } else {
+            None
+        }
+    }
+
+    /// Part of the request line (any split): notes a `#` after the first space.
+    fn request_line_piece(&mut self, piece: &[u8]) {
+        if self.fragment {
+            return;
+        }
+        let target = if self.request_line_space {
+            piece
+        } else {
+            let Some(space) = memchr::memchr(b' ', piece) else {
+                return;
+            };
+            self.request_line_space = true;
+            &piece[space + 1..]
+        };
+        self.fragment = memchr::memchr(b'#', target).is_some();
+    }
 }
 
 #[derive(Debug)]
@@ -157,6 +236,8 @@ struct Scanner {
     heads_seen: u64,
     /// The start of the current, unfinished line (at most `LINE_KEEP` bytes of it).
     line: Vec<u8>,
+    /// The whole length of the current, unfinished line.
+    line_len: usize,
 }
 
 impl Default for Scanner {
@@ -166,12 +247,16 @@ impl Default for Scanner {
             head: Head::default(),
             heads_seen: 0,
             line: Vec::new(),
+            line_len: 0,
         }
     }
 }
 
 impl Scanner {
     fn feed(&mut self, mut bytes: &[u8], flags: &FramingFlags) {
+        if flags.switched.load(Ordering::Acquire) {
+            self.state = State::Done;
+        }
         while !bytes.is_empty() {
             match self.state {
                 State::Done => return,
@@ -192,21 +277,27 @@ impl Scanner {
                     };
                 }
                 State::Head | State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let Some(end) = memchr::memchr(b'\n', bytes) else {
+                    let end = memchr::memchr(b'\n', bytes);
+                    let piece = &bytes[..end.unwrap_or(bytes.len())];
+                    if self.state == State::Head && !self.head.request_line_seen {
+                        self.head.request_line_piece(piece);
+                    }
+                    let Some(end) = end else {
                         self.keep(bytes);
                         return;
                     };
-                    let line = &bytes[..end];
                     bytes = &bytes[end + 1..];
-                    if self.line.is_empty() {
+                    if self.line.is_empty() && self.line_len == 0 {
                         // The whole line is in this read: no copy.
-                        self.on_line(visible(line), flags);
+                        self.on_line(visible(piece), piece.len() > LINE_KEEP, flags);
                     } else {
-                        self.keep(line);
+                        self.keep(piece);
+                        let truncated = self.line_len > LINE_KEEP;
                         let carried = std::mem::take(&mut self.line);
-                        self.on_line(visible(&carried), flags);
+                        self.on_line(visible(&carried), truncated, flags);
                         self.line = carried;
                         self.line.clear();
+                        self.line_len = 0;
                     }
                 }
             }
@@ -216,11 +307,13 @@ impl Scanner {
     fn keep(&mut self, part: &[u8]) {
         let room = LINE_KEEP.saturating_sub(self.line.len());
         self.line.extend_from_slice(&part[..part.len().min(room)]);
+        self.line_len = self.line_len.saturating_add(part.len());
     }
 
-    fn on_line(&mut self, line: &[u8], flags: &FramingFlags) {
+    /// `truncated`: the line was longer than the `LINE_KEEP` bytes in `line`.
+    fn on_line(&mut self, line: &[u8], truncated: bool, flags: &FramingFlags) {
         self.state = match self.state {
-            State::Head => self.on_head_line(line, flags),
+            State::Head => self.on_head_line(line, truncated, flags),
             State::ChunkSize => match chunk_size(line) {
                 Some(0) => State::Trailers,
                 Some(size) => State::ChunkData(size),
@@ -233,38 +326,38 @@ impl Scanner {
         };
     }
 
-    fn on_head_line(&mut self, line: &[u8], flags: &FramingFlags) -> State {
+    fn on_head_line(&mut self, line: &[u8], truncated: bool, flags: &FramingFlags) -> State {
         let head = &mut self.head;
         if !head.request_line_seen {
             // Empty lines before a request line are skipped, as hyper's parser does.
             if line.is_empty() {
+                // A line of only `\r` carried no space, so the next line starts afresh.
+                head.request_line_space = false;
                 return State::Head;
             }
-            if line.starts_with(b"PRI * HTTP/2.0") {
+            if self.heads_seen == 0 && line.starts_with(b"PRI * HTTP/2.0") {
                 return State::Done;
             }
             head.request_line_seen = true;
-            head.leaves_http = line.starts_with(b"CONNECT ");
             return State::Head;
         }
         if !line.is_empty() {
-            head.read_header(line);
+            head.read_header(line, truncated);
             return State::Head;
         }
         let head = std::mem::take(&mut self.head);
         self.heads_seen += 1;
-        if head.has_content_length && head.has_transfer_encoding {
-            flags.record(self.heads_seen);
+        if let Some(finding) = head.finding() {
+            // The handler refuses this request and closes the connection after it.
+            flags.record(self.heads_seen, finding);
+            return State::Done;
         }
-        if head.leaves_http {
-            State::Done
-        } else if head.has_transfer_encoding {
+        if head.has_transfer_encoding {
             State::ChunkSize
         } else {
             match (head.has_content_length, head.content_length) {
                 (false, _) | (true, Some(0)) => State::Head,
                 (true, Some(length)) => State::Body(length),
-                // A length hyper cannot read either: it refuses the request.
                 (true, None) => State::Done,
             }
         }
@@ -272,7 +365,7 @@ impl Scanner {
 }
 
 impl Head {
-    fn read_header(&mut self, line: &[u8]) {
+    fn read_header(&mut self, line: &[u8], truncated: bool) {
         // hyper refuses whitespace before the colon, so each name of interest ends exactly
         // where the colon is; its first letter and that position rule out most lines cheaply.
         let named = |name: &[u8]| {
@@ -280,11 +373,19 @@ impl Head {
         };
         match line.first().map(u8::to_ascii_lowercase) {
             Some(b'c') if named(b"content-length") => {
+                let length = if truncated {
+                    None
+                } else {
+                    parse_length(line[15..].trim_ascii())
+                };
+                // hyper reads two lines with the same number as one; the upstream may not.
+                if self.has_content_length || length.is_none() {
+                    self.unreadable_length = true;
+                }
+                self.content_length = length;
                 self.has_content_length = true;
-                self.content_length = parse_decimal(line[15..].trim_ascii());
             }
             Some(b't') if named(b"transfer-encoding") => self.has_transfer_encoding = true,
-            Some(b'u') if named(b"upgrade") => self.leaves_http = true,
             _ => {}
         }
     }
@@ -304,8 +405,9 @@ fn skip(bytes: &mut &[u8], left: u64) -> u64 {
     left - taken as u64
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
+/// A plain `Content-Length`: 1 to 19 ASCII digits, nothing else.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > MAX_LENGTH_DIGITS {
         return None;
     }
     digits.iter().try_fold(0u64, |n, &d| {
@@ -337,21 +439,30 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Feeds `stream` in pieces of `step` bytes; returns the conflicting head's number.
-    fn scan(stream: &str, step: usize) -> (u64, u64, State) {
-        let flags = FramingFlags::default();
-        let mut scanner = Scanner::default();
-        for piece in stream.as_bytes().chunks(step) {
-            scanner.feed(piece, &flags);
-        }
+    /// (flagged head number, its finding, heads seen, final state).
+    type Scan = (u64, Option<FramingFinding>, u64, State);
+
+    fn result(flags: &FramingFlags, scanner: &Scanner) -> Scan {
         (
-            flags.conflicting.load(Ordering::Relaxed),
+            flags.flagged.load(Ordering::Relaxed),
+            FramingFinding::from_code(flags.finding.load(Ordering::Relaxed)),
             scanner.heads_seen,
             scanner.state,
         )
     }
 
-    fn scan_all_splits(stream: &str) -> (u64, u64, State) {
+    /// Feeds `stream` in pieces of `step` bytes.
+    fn scan(stream: &[u8], step: usize) -> Scan {
+        let flags = FramingFlags::default();
+        let mut scanner = Scanner::default();
+        for piece in stream.chunks(step) {
+            scanner.feed(piece, &flags);
+        }
+        result(&flags, &scanner)
+    }
+
+    fn scan_all_splits(stream: impl AsRef<[u8]>) -> Scan {
+        let stream = stream.as_ref();
         let whole = scan(stream, stream.len().max(1));
         for step in 1..8 {
             assert_eq!(scan(stream, step), whole, "split every {step} bytes");
@@ -367,7 +478,7 @@ mod tests {
                       POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
                       5;ext=1\r\nhello\r\n10\r\nContent-Length:1\r\n0\r\nX-Trailer: 1\r\n\r\n\
                       GET /d HTTP/1.1\nHost: x\n\n";
-        assert_eq!(scan_all_splits(stream), (0, 4, State::Head));
+        assert_eq!(scan_all_splits(stream), (0, None, 4, State::Head));
     }
 
     #[test]
@@ -375,29 +486,88 @@ mod tests {
         let cl_te = "GET / HTTP/1.1\r\n\r\n\
                      POST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n\
                      0\r\n\r\n";
-        assert_eq!(scan_all_splits(cl_te), (2, 2, State::Head));
+        let conflict = Some(FramingFinding::ConflictingFraming);
+        assert_eq!(scan_all_splits(cl_te), (2, conflict, 2, State::Done));
         let te_cl = "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n";
-        assert_eq!(scan_all_splits(te_cl).0, 1);
+        assert_eq!(scan_all_splits(te_cl).1, conflict);
     }
 
     #[test]
-    fn the_watch_stops_where_the_stream_may_stop_being_http1() {
+    fn lengths_other_than_one_plain_number_are_findings() {
+        let unreadable = Some(FramingFinding::UnreadableLength);
+        let padded = format!("Content-Length: {}26", "0".repeat(90));
+        for header in [
+            "Content-Length: 5, 5",
+            "Content-Length: +5",
+            "Content-Length: 5\r\nContent-Length: 5",
+            "Content-Length: 00000000000000000026",
+            padded.as_str(),
+        ] {
+            let stream = format!("GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\n{header}\r\n\r\n");
+            assert_eq!(
+                scan_all_splits(&stream),
+                (2, unreadable, 2, State::Done),
+                "{header}"
+            );
+        }
+        let fine = "POST / HTTP/1.1\r\nContent-Length:  0000000000000000026 \r\n\r\n";
+        assert_eq!(scan_all_splits(fine), (0, None, 1, State::Body(26)));
+    }
+
+    #[test]
+    fn a_fragment_in_the_target_is_a_finding_wherever_it_falls() {
+        let fragment = Some(FramingFinding::Fragment);
+        let long = format!("GET /{}#x HTTP/1.1\r\n\r\n", "a".repeat(300));
+        assert_eq!(scan_all_splits(&long), (1, fragment, 1, State::Done));
+        let short = "\r\nGET /public#x HTTP/1.1\r\nX-A: #\r\n\r\n";
+        assert_eq!(scan_all_splits(short).1, fragment);
+        // A `#` in a header value or in the method is no fragment.
+        let header = "GE#T /public HTTP/1.1\r\nX-A: #\r\n\r\n";
+        assert_eq!(scan_all_splits(header), (0, None, 1, State::Head));
+    }
+
+    #[test]
+    fn upgrades_and_connect_are_followed_until_a_switch() {
+        let smuggled = "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for first in [
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        ] {
+            let stream = format!("{first}{smuggled}");
+            let conflict = Some(FramingFinding::ConflictingFraming);
+            assert_eq!(
+                scan_all_splits(&stream),
+                (2, conflict, 2, State::Done),
+                "{first}"
+            );
+            // Once the handler said the protocol switched, nothing after is read as requests.
+            let flags = FramingFlags::default();
+            let mut scanner = Scanner::default();
+            scanner.feed(first.as_bytes(), &flags);
+            flags.switched_protocols();
+            scanner.feed(smuggled.as_bytes(), &flags);
+            assert_eq!(result(&flags, &scanner), (0, None, 1, State::Done));
+        }
+    }
+
+    #[test]
+    fn the_watch_stops_where_hyper_stops_reading_requests() {
         let h2 = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-        assert_eq!(scan_all_splits(h2).2, State::Done);
-        let upgrade = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\
-                       POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(scan_all_splits(upgrade), (0, 1, State::Done));
+        assert_eq!(scan_all_splits(h2).3, State::Done);
         let bad_chunk = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert_eq!(scan_all_splits(bad_chunk).2, State::Done);
+        assert_eq!(scan_all_splits(bad_chunk).3, State::Done);
     }
 
     #[test]
     fn the_handler_count_matches_the_head_count() {
         let flags = FramingFlags::default();
-        flags.record(3);
-        flags.record(5);
-        let hits: Vec<bool> = (0..5).map(|_| flags.next_request_conflicts()).collect();
-        assert_eq!(hits, [false, false, true, false, false]);
+        flags.record(3, FramingFinding::Fragment);
+        flags.record(5, FramingFinding::ConflictingFraming);
+        let hits: Vec<_> = (0..5).map(|_| flags.next_request_finding()).collect();
+        assert_eq!(
+            hits,
+            [None, None, Some(FramingFinding::Fragment), None, None]
+        );
     }
 
     proptest::proptest! {
@@ -406,16 +576,17 @@ mod tests {
         fn any_bytes_any_split(
             pieces in proptest::collection::vec(
                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..16),
-            framed in proptest::collection::vec(0usize..6, 0..8),
+            framed in proptest::collection::vec(0usize..7, 0..8),
         ) {
             // Mix raw bytes with well-formed heads so the scanner gets past the first line.
-            const PARTS: [&[u8]; 6] = [
+            const PARTS: [&[u8]; 7] = [
                 b"GET / HTTP/1.1\r\n\r\n",
                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
                 b"Content-Length: 5\r\n",
                 b"Transfer-Encoding: chunked\r\n",
                 b"3\r\nabc\r\n0\r\n\r\n",
+                b"GET /#",
             ];
             let mut stream = Vec::new();
             for (n, piece) in pieces.iter().enumerate() {
@@ -424,20 +595,9 @@ mod tests {
                 }
                 stream.extend_from_slice(piece);
             }
-            let whole = {
-                let flags = FramingFlags::default();
-                let mut scanner = Scanner::default();
-                scanner.feed(&stream, &flags);
-                (flags.conflicting.load(Ordering::Relaxed), scanner.heads_seen, scanner.state)
-            };
+            let whole = scan(&stream, stream.len().max(1));
             for step in [1, 2, 7] {
-                let flags = FramingFlags::default();
-                let mut scanner = Scanner::default();
-                for piece in stream.chunks(step) {
-                    scanner.feed(piece, &flags);
-                }
-                let split = (flags.conflicting.load(Ordering::Relaxed), scanner.heads_seen, scanner.state);
-                proptest::prop_assert_eq!(split, whole);
+                proptest::prop_assert_eq!(scan(&stream, step), whole);
             }
         }
     }

@@ -20,7 +20,7 @@ mod idle;
 mod tunnel;
 
 use alpn::{AlpnGuard, Negotiated};
-pub use framing::FramingConflict;
+pub use framing::FramingFinding;
 use framing::{FramingFlags, FramingWatch};
 use idle::{Activity, Tracked};
 use tunnel::ConnectionSlot;
@@ -220,8 +220,11 @@ impl Driver {
         let io = FramingWatch::new(io, framing.clone());
         let tunnel_terms = self.tunnel_terms.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            if framing.next_request_conflicts() {
-                request.extensions_mut().insert(FramingConflict);
+            // HTTP/2 requests never pass through the HTTP/1 watch's count.
+            if request.version() < hyper::Version::HTTP_2 {
+                if let Some(finding) = framing.next_request_finding() {
+                    request.extensions_mut().insert(finding);
+                }
             }
             // Only an HTTP/1.1 request can upgrade its connection; looking for the header
             // first keeps the extension (an allocation) off every other request.
@@ -230,7 +233,18 @@ impl Driver {
             {
                 request.extensions_mut().insert(tunnel_terms.clone());
             }
-            app.clone().handle(request, info)
+            let connect = request.method() == hyper::Method::CONNECT;
+            let (app, framing) = (app.clone(), framing.clone());
+            async move {
+                let response = app.handle(request, info).await?;
+                let status = response.status();
+                if status == hyper::StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && status.is_success())
+                {
+                    framing.switched_protocols();
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection = self
             .builder

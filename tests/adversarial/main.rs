@@ -15,6 +15,7 @@ mod support;
 mod flood;
 mod lockout;
 mod paths;
+mod shape;
 mod slow_clients;
 mod smuggling;
 mod spoofing;

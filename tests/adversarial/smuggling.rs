@@ -219,3 +219,55 @@ async fn http2_cannot_smuggle_framing_headers() {
         200
     );
 }
+
+/// The framing watch follows every request hyper reads (issue 12): after an upgrade attempt
+/// the upstream answered with a plain 200, after a `CONNECT` refused with the connection left
+/// open, and past a `Content-Length` padded beyond any line the watch keeps. In each case the
+/// `Content-Length` + `Transfer-Encoding` request that follows is refused, and neither it nor
+/// the request hidden in its body reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_framing_watch_cannot_be_switched_off() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let (_, te_cl) = CL_AND_TE[1];
+    let (_, cl_te) = CL_AND_TE[0];
+    let befores: [(&str, &str, u16); 3] = [
+        (
+            "upgrade-h2c",
+            "GET /public/up-h2c HTTP/1.1\r\nHost: p\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            200,
+        ),
+        (
+            "upgrade-websocket",
+            "GET /public/up-ws HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            200,
+        ),
+        (
+            "connect",
+            "CONNECT p:443 HTTP/1.1\r\nHost: p:443\r\n\r\n",
+            400,
+        ),
+    ];
+    for (name, before, status) in befores {
+        for smuggled in [te_cl, cl_te] {
+            let text = proxy.raw(format!("{before}{smuggled}").as_bytes()).await;
+            assert_eq!(statuses(&text), vec![status, 400], "{name}: {text}");
+        }
+    }
+    // 90 zeros: hyper reads 26, a watch that keeps 96 bytes of a line read 0.
+    let padded = format!(
+        "POST /public/padded HTTP/1.1\r\nHost: p\r\nContent-Length: {}26\r\n\r\nGET /public/hidden HTTP/1.\
+         POST /public/cl-te-after-pad HTTP/1.1\r\nHost: p\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /public/hidden-pad HTTP/1.1\r\nHost: p\r\n\r\n",
+        "0".repeat(90)
+    );
+    let text = proxy.raw(padded.as_bytes()).await;
+    assert_eq!(statuses(&text), vec![400], "padded: {text}");
+
+    let forwarded: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        forwarded
+            .iter()
+            .all(|p| p == "/public/up-h2c" || p == "/public/up-ws"),
+        "forwarded: {forwarded:?}"
+    );
+}
