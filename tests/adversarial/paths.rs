@@ -87,8 +87,8 @@ const BYPASS_UNAUTHENTICATED: &[(&str, &str, Expect)] = &[
     ("query", "/admin?", Refused(401)),
     ("query", "/admin?x=/public", Refused(401)),
     ("query", "/public/..?/x", Refused(401)),
-    ("fragment", "/admin#", Refused(401)),
-    ("fragment", "/admin#/../public", Refused(401)),
+    ("fragment", "/admin#", Refused(400)),
+    ("fragment", "/admin#/../public", Refused(400)),
     // Case on a case-sensitive route: /ADMIN falls to the protected `/`
     ("case", "/ADMIN/", Refused(401)),
     ("case", "/Public/x", Refused(401)),
