@@ -249,8 +249,7 @@ impl App {
     }
 
     /// The response for a refusal: a redirect to the login form for a person whose session is
-    /// missing or over, else the status, challenges and body of SPEC §4. A session cookie that
-    /// no longer works is cleared so a stale cookie never keeps a browser stuck.
+    /// missing or over, else the status, challenges and body of SPEC §4.
     fn refuse(
         &self,
         config: &Config,
@@ -267,8 +266,11 @@ impl App {
             },
             Refusal::Fail(_) => None,
         };
-        if let (Refusal::Deny(d), true) = (refusal, session_reason.is_some()) {
-            if d.reason != DenyReason::MissingCredentials {
+        // An unknown session's cookie is cleared so a stale cookie never keeps a browser stuck.
+        // An ended one's is kept: the store remembers why it ended for as long as the cookie
+        // lives, so every tab and retry is told the same reason.
+        if let Refusal::Deny(d) = refusal {
+            if d.reason == DenyReason::SessionUnknown {
                 exchange.set_cookie = Some(self.sessions.clear_cookie());
             }
         }

@@ -389,7 +389,7 @@ async fn a_session_that_ended_says_why_and_offers_to_sign_in_again() {
     assert_json(
         &proxy.get("/doc", &[JSON, ("cookie", &cookie)]).await,
         401,
-        "session_unknown",
+        "session_idle_timeout",
     );
 }
 

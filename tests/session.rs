@@ -44,6 +44,15 @@ mod common {
         assert!(cookie.contains("; Path=/"), "{cookie}");
     }
 
+    /// Asserts the response leaves our cookie alone: the store remembers why the session
+    /// ended for as long as the browser keeps the cookie, so every tab is told the same.
+    pub fn assert_keeps_cookie(response: &Resp) {
+        assert!(
+            !sets_cookie(response),
+            "an ended session's cookie is kept: {response:?}"
+        );
+    }
+
     /// The query pairs of a `Location` such as `/.portcullis/login?next=…&ended=…`.
     pub fn location_query(location: &str) -> (String, Vec<(String, String)>) {
         let (path, query) = location.split_once('?').unwrap_or((location, ""));
@@ -138,8 +147,9 @@ async fn login_redirects_to_next_with_a_fresh_cookie_and_the_right_flags() {
     let cookie = set_cookie(&response);
     assert_eq!(
         cookie,
-        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200"),
-        "Max-Age is the absolute lifetime; no Secure with cookie_secure = false"
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=10800"),
+        "Max-Age is the absolute lifetime (2 h) plus ended_memory (1 h by default); no Secure \
+         with cookie_secure = false"
     );
     let event = proxy.access_of(&response).await;
     assert_eq!(event["status"], 303, "{event}");
@@ -172,7 +182,7 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     let id = session_id(&response);
     assert_eq!(
         set_cookie(&response),
-        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600; Secure")
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200; Secure")
     );
     // The clearing cookie of a logout carries the same attributes, so the browser drops it.
     let origin = origin(&proxy);
@@ -205,7 +215,7 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     assert!(cookies[0].starts_with("sid="), "{cookies:?}");
     assert!(
         cookies[0].ends_with(
-            "; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600; Secure; Domain=example.test"
+            "; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200; Secure; Domain=example.test"
         ),
         "{cookies:?}"
     );
@@ -811,7 +821,7 @@ async fn hostile_next_values_redirect_home() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_session_ends_with_its_own_reason_and_a_cleared_cookie() {
+async fn an_idle_session_ends_with_its_own_reason_and_keeps_its_cookie() {
     let upstream = Upstream::start().await;
     let proxy = start(&upstream, "1s", "4s").await;
     let browser = login(&proxy).await;
@@ -833,7 +843,7 @@ async fn an_idle_session_ends_with_its_own_reason_and_a_cleared_cookie() {
         )
         .await;
     assert_login_redirect(&response, "/app/doc?q=1", Some("idle"));
-    assert_clears_cookie(&response);
+    assert_keeps_cookie(&response);
     let event = proxy.access_of(&response).await;
     assert_eq!(event["decision"], "deny", "{event}");
     assert_eq!(event["reason"], "session_idle_timeout", "{event}");
@@ -858,7 +868,7 @@ async fn an_idle_session_ends_with_its_own_reason_and_a_cleared_cookie() {
         response.header_all("www-authenticate"),
         vec![r#"Session realm="App""#]
     );
-    assert_clears_cookie(&response);
+    assert_keeps_cookie(&response);
     assert_eq!(
         upstream.requests().len(),
         forwarded,
@@ -869,9 +879,9 @@ async fn an_idle_session_ends_with_its_own_reason_and_a_cleared_cookie() {
     let response = proxy.get("/app/api", &[("cookie", &cookie(&api))]).await;
     assert_eq!(response.status, 401);
     let reason = proxy.access_of(&response).await["reason"].clone();
-    assert!(
-        reason == "session_idle_timeout" || reason == "session_unknown",
-        "an ended session is never revived: {reason}"
+    assert_eq!(
+        reason, "session_idle_timeout",
+        "an ended session is never revived, and is told why again"
     );
 }
 
@@ -914,7 +924,7 @@ async fn activity_keeps_a_session_past_the_idle_timeout_but_never_past_the_absol
         "soon after the absolute end: {at:?}"
     );
     assert_login_redirect(&response, "/app/tick", Some("absolute"));
-    assert_clears_cookie(&response);
+    assert_keeps_cookie(&response);
     let event = proxy.access_of(&response).await;
     assert_eq!(event["reason"], "session_absolute_timeout", "{event}");
     assert_eq!(event["decision"], "deny", "{event}");
@@ -953,7 +963,7 @@ async fn an_absolute_timeout_on_an_api_request_is_a_401_with_its_reason() {
         response.header_all("www-authenticate"),
         vec![r#"Session realm="App""#]
     );
-    assert_clears_cookie(&response);
+    assert_keeps_cookie(&response);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1218,7 +1228,7 @@ async fn a_basic_login_from_a_browser_also_starts_a_session() {
     let id = session_id(&response);
     assert_eq!(
         set_cookie(&response),
-        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=3600")
+        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200")
     );
     let seen = upstream.only("/home");
     assert_eq!(
@@ -1310,5 +1320,12 @@ async fn a_basic_browser_session_is_bound_by_the_idle_timeout() {
         proxy.access_of(&response).await["reason"],
         "session_idle_timeout"
     );
-    assert_clears_cookie(&response);
+    assert_keeps_cookie(&response);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_after_an_end_is_told_why_in_a_browser_that_expires_cookies() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&upstream, &body(ENDS_SESSION_LINES)).await;
+    ended_sessions_are_told_why(&proxy).await;
 }

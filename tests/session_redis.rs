@@ -375,14 +375,14 @@ async fn keys_are_the_hash_of_the_id_and_expire_with_the_absolute_lifetime() {
     );
     assert!(!key.contains(&id));
 
-    // TTL: the remaining absolute lifetime (1 h) plus the 60 s grace.
+    // TTL: the remaining absolute lifetime (1 h) plus ended_memory (1 h by default).
     let ttl = redis.int(&["TTL", &key]);
-    assert!((3655..=3660).contains(&ttl), "TTL {ttl}");
+    assert!((7195..=7200).contains(&ttl), "TTL {ttl}");
     let expire_at = redis.int(&["PEXPIRETIME", &key]);
     if expire_at > 0 {
         // Redis 7+: the exact absolute expiry.
-        let lo = before as i64 + 3_660_000;
-        let hi = after as i64 + 3_660_000;
+        let lo = before as i64 + 7_200_000;
+        let hi = after as i64 + 7_200_000;
         assert!(
             (lo..=hi).contains(&expire_at),
             "PEXPIRETIME {expire_at} not in {lo}..={hi}"
@@ -437,16 +437,26 @@ async fn keys_are_the_hash_of_the_id_and_expire_with_the_absolute_lifetime() {
     let proxy = start(&upstream, &redis.url(), "2s", "3s").await;
     let id = login(&proxy).await;
     let ttl = redis.int(&["TTL", &redis_key(&id)]);
-    assert!((61..=63).contains(&ttl), "3 s + 60 s grace: TTL {ttl}");
-    // After the absolute end (but within the grace) the reason is still specific.
+    assert!(
+        (3601..=3603).contains(&ttl),
+        "3 s + 1 h of ended_memory: TTL {ttl}"
+    );
+    // After the absolute end (but within ended_memory) the reason is still specific.
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let response = proxy.get("/app/late", &[("cookie", &cookie(&id))]).await;
     assert_eq!(response.status, 401);
     let event = proxy.access_of(&response).await;
-    assert!(
-        event["reason"] == "session_absolute_timeout" || event["reason"] == "session_idle_timeout",
+    assert_eq!(
+        event["reason"], "session_absolute_timeout",
         "an ended session is told why: {event}"
     );
+    // What is left is a tombstone: the end reason only, with the key's expiry unchanged.
+    assert_eq!(
+        redis.hgetall(&redis_key(&id)),
+        vec![("e".to_string(), "absolute".to_string())]
+    );
+    let ttl = redis.int(&["TTL", &redis_key(&id)]);
+    assert!((3590..=3600).contains(&ttl), "TTL {ttl}");
 
     // Logout deletes the key.
     let id = login(&proxy).await;
@@ -700,4 +710,20 @@ async fn two_instances_on_one_redis_share_failure_counts_and_lockouts() {
             .as_deref(),
         Some("bob")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_after_an_end_is_told_why_in_a_browser_that_expires_cookies() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let body = format!(
+        "{}\n[session]\nstore = \"redis\"\nredis_url = \"{}\"\n{ENDS_SESSION_LINES}\n{SESSION_ROUTES}",
+        principals(),
+        redis.url()
+    );
+    let proxy = Proxy::start(&upstream, &body).await;
+    ended_sessions_are_told_why(&proxy).await;
 }

@@ -143,6 +143,8 @@ pub struct SessionSection {
     pub redis_url: Option<String>,
     pub cookie_secure: bool,
     pub cookie_domain: String,
+    pub ended_memory: HumanDuration,
+    pub max_per_user: u32,
 }
 
 impl Default for SessionSection {
@@ -155,6 +157,8 @@ impl Default for SessionSection {
             redis_url: None,
             cookie_secure: true,
             cookie_domain: String::new(),
+            ended_memory: HumanDuration(std::time::Duration::from_secs(3600)),
+            max_per_user: 32,
         }
     }
 }

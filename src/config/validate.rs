@@ -257,6 +257,13 @@ fn session(ctx: &Ctx<'_>, file: &FileConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if s.max_per_user == 0 {
+        return Err(ctx.err(
+            None,
+            "session.max_per_user",
+            "expected at least 1 live session per user",
+        ));
+    }
     let domain_ok = s
         .cookie_domain
         .chars()

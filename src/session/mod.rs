@@ -23,11 +23,6 @@ use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 const ID_BYTES: usize = 32;
 const ID_CHARS: usize = 43;
 
-/// How long a store keeps a session after it ended, so that a late request is still told it
-/// ended for inactivity or age rather than that it is unknown. Redis keys expire this long
-/// after the session's absolute end.
-pub const TOMBSTONE_GRACE_MS: u64 = 60_000;
-
 /// What the store keeps about a session. The id itself is never stored: the store's key is
 /// the SHA-256 of the id, so a leaked store dump cannot be replayed as cookies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +33,45 @@ pub struct SessionRecord {
     pub created_ms: u64,
     /// Last admitted request (Unix milliseconds), as last written to the store.
     pub last_seen_ms: u64,
+}
+
+/// Why a session ended. An ended session stays in the store as a tombstone holding only this,
+/// until its absolute deadline plus `ended_memory`, so that every later request with its cookie
+/// is told the same reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// No request for longer than the idle timeout.
+    Idle,
+    /// Older than the absolute timeout.
+    Absolute,
+}
+
+impl EndReason {
+    /// How the store writes it.
+    pub fn code(self) -> &'static str {
+        match self {
+            EndReason::Idle => "idle",
+            EndReason::Absolute => "absolute",
+        }
+    }
+
+    /// Reads what [`EndReason::code`] wrote.
+    pub fn from_code(code: &str) -> Option<Self> {
+        match code {
+            "idle" => Some(EndReason::Idle),
+            "absolute" => Some(EndReason::Absolute),
+            _ => None,
+        }
+    }
+}
+
+/// A session as the store has it: live, or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Live (as far as the store knows: the deadlines are checked here).
+    Live(SessionRecord),
+    /// Ended, and why.
+    Ended(EndReason),
 }
 
 /// The store key of a session id.
@@ -60,6 +94,7 @@ pub struct Sessions {
     cookie_name: String,
     idle: Duration,
     absolute: Duration,
+    ended_memory: Duration,
     secure: bool,
     domain: Option<String>,
 }
@@ -85,6 +120,7 @@ impl Sessions {
             cookie_name: config.cookie_name.clone(),
             idle: config.idle_timeout.0,
             absolute: config.absolute_timeout.0,
+            ended_memory: config.ended_memory.0,
             secure: config.cookie_secure,
             domain: (!config.cookie_domain.is_empty()).then(|| config.cookie_domain.clone()),
         })
@@ -116,46 +152,36 @@ impl Sessions {
     }
 
     /// Checks a session id; on success moves the idle deadline (writing the store at most
-    /// once per tenth of the idle timeout) and never the absolute one.
+    /// once per tenth of the idle timeout) and never the absolute one. A session found ended
+    /// becomes a tombstone, so every later request with it gets the same reason.
     pub async fn check(&self, id: &str) -> Result<ActiveSession, Refusal> {
         let key = store_key(id);
         let now = now_ms();
-        let record = self
-            .store
-            .get(&key)
-            .await
-            .map_err(store_failure)?
-            .ok_or_else(|| {
-                Denial::of(
+        let record = match self.store.get(&key).await.map_err(store_failure)? {
+            None => {
+                return Err(Denial::of(
                     Scheme::Session,
                     DenyReason::SessionUnknown,
                     "the session is not known to the store",
                 )
-            })?;
+                .into())
+            }
+            Some(Stored::Ended(reason)) => return Err(self.ended(reason).into()),
+            Some(Stored::Live(record)) => record,
+        };
         let absolute_expires_ms = record.created_ms.saturating_add(millis(self.absolute));
-        if now >= absolute_expires_ms {
-            let _ = self.store.delete(&key).await;
-            return Err(Denial::of(
-                Scheme::Session,
-                DenyReason::SessionAbsoluteTimeout,
-                format!(
-                    "the session reached its absolute lifetime of {}",
-                    crate::config::HumanDuration(self.absolute)
-                ),
-            )
-            .into());
-        }
-        if now >= record.last_seen_ms.saturating_add(millis(self.idle)) {
-            let _ = self.store.delete(&key).await;
-            return Err(Denial::of(
-                Scheme::Session,
-                DenyReason::SessionIdleTimeout,
-                format!(
-                    "the session was idle for longer than {}",
-                    crate::config::HumanDuration(self.idle)
-                ),
-            )
-            .into());
+        let ended = if now >= absolute_expires_ms {
+            Some(EndReason::Absolute)
+        } else if now >= record.last_seen_ms.saturating_add(millis(self.idle)) {
+            Some(EndReason::Idle)
+        } else {
+            None
+        };
+        if let Some(reason) = ended {
+            // Best effort: if the tombstone cannot be written, the next request computes the
+            // same end from the same record.
+            let _ = self.store.end(&key, reason).await;
+            return Err(self.ended(reason).into());
         }
         let mut record = record;
         if now.saturating_sub(record.last_seen_ms) >= millis(self.idle) / 10 {
@@ -176,6 +202,28 @@ impl Sessions {
         })
     }
 
+    /// The denial for a session that ended.
+    fn ended(&self, reason: EndReason) -> Denial {
+        match reason {
+            EndReason::Idle => Denial::of(
+                Scheme::Session,
+                DenyReason::SessionIdleTimeout,
+                format!(
+                    "the session was idle for longer than {}",
+                    crate::config::HumanDuration(self.idle)
+                ),
+            ),
+            EndReason::Absolute => Denial::of(
+                Scheme::Session,
+                DenyReason::SessionAbsoluteTimeout,
+                format!(
+                    "the session reached its absolute lifetime of {}",
+                    crate::config::HumanDuration(self.absolute)
+                ),
+            ),
+        }
+    }
+
     /// Starts a session for `user` under a fresh id (never one the client offered).
     pub async fn create(&self, user: &str) -> Result<String, Failure> {
         let mut bytes = [0u8; ID_BYTES];
@@ -187,8 +235,10 @@ impl Sessions {
             created_ms: now,
             last_seen_ms: now,
         };
-        let expires = now.saturating_add(millis(self.absolute));
-        // The store forgets the session TOMBSTONE_GRACE after its absolute end (see there).
+        // The store forgets the session (or its tombstone) `ended_memory` after its absolute end.
+        let expires = now
+            .saturating_add(millis(self.absolute))
+            .saturating_add(millis(self.ended_memory));
         self.store
             .put(&store_key(&id), &record, expires)
             .await
@@ -204,9 +254,11 @@ impl Sessions {
             .map_err(store_failure)
     }
 
-    /// `Set-Cookie` for a new session.
+    /// `Set-Cookie` for a new session. The browser keeps the cookie as long as the store
+    /// remembers the session's end, so a late request is told why rather than asked to sign in
+    /// with no word of a session.
     pub fn set_cookie(&self, id: &str) -> HeaderValue {
-        let max_age = self.absolute.as_secs();
+        let max_age = self.absolute.saturating_add(self.ended_memory).as_secs();
         self.cookie_header(id, Some(max_age))
     }
 

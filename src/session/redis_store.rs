@@ -1,5 +1,5 @@
-//! Sessions in Redis, so several instances share them. Keys carry a TTL equal to the
-//! session's remaining absolute lifetime, so Redis forgets them by itself.
+//! Sessions in Redis, so several instances share them. Keys expire at the session's absolute
+//! deadline plus `ended_memory`, so Redis forgets sessions and their tombstones by itself.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use super::{SessionKey, SessionRecord, StoreError};
+use super::{EndReason, SessionKey, SessionRecord, StoreError, Stored};
 
 /// Longest wait for Redis before the request fails closed with 503.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,12 +23,25 @@ end
 return 0
 ";
 
+/// Turns a live session into a tombstone holding only its end reason (field `e`); the key keeps
+/// its expiry. The first end wins, and a session that is gone stays gone.
+const END_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'e') == 0 then
+  -- HSET first: a hash emptied by HDEL is deleted, and its expiry with it.
+  redis.call('HSET', KEYS[1], 'e', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'u', 'c', 's')
+  return 1
+end
+return 0
+";
+
 /// A lazily connected Redis session store; the connection manager reconnects by itself after
 /// Redis restarts.
 pub struct RedisStore {
     client: redis::Client,
     connection: OnceCell<ConnectionManager>,
     touch: redis::Script,
+    end: redis::Script,
 }
 
 impl RedisStore {
@@ -40,6 +53,7 @@ impl RedisStore {
             client,
             connection: OnceCell::new(),
             touch: redis::Script::new(TOUCH_SCRIPT),
+            end: redis::Script::new(END_SCRIPT),
         })
     }
 
@@ -78,17 +92,26 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn get(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+    pub(super) async fn get(&self, key: &SessionKey) -> Result<Option<Stored>, StoreError> {
         let fields: HashMap<String, String> = self
             .command(redis::cmd("HGETALL").arg(redis_key(key)))
             .await?;
+        if let Some(code) = fields.get("e") {
+            // An end reason this version does not know (written by a newer one) still ended
+            // the session.
+            return Ok(Some(Stored::Ended(
+                EndReason::from_code(code).unwrap_or(EndReason::Absolute),
+            )));
+        }
         let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
         let record = match (fields.get("u"), number("c"), number("s")) {
-            (Some(user), Some(created_ms), Some(last_seen_ms)) => Some(SessionRecord {
-                user: user.clone(),
-                created_ms,
-                last_seen_ms,
-            }),
+            (Some(user), Some(created_ms), Some(last_seen_ms)) => {
+                Some(Stored::Live(SessionRecord {
+                    user: user.clone(),
+                    created_ms,
+                    last_seen_ms,
+                }))
+            }
             _ => None,
         };
         Ok(record)
@@ -115,7 +138,7 @@ impl RedisStore {
             .ignore()
             .cmd("PEXPIREAT")
             .arg(&name)
-            .arg(expires_ms.saturating_add(super::TOMBSTONE_GRACE_MS))
+            .arg(expires_ms)
             .ignore();
         match tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
             Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
@@ -165,6 +188,12 @@ impl RedisStore {
                 .map_err(|e| StoreError::Redis(e.to_string())),
             Err(_) => Err(StoreError::Redis("timed out".to_string())),
         }
+    }
+
+    pub(super) async fn end(&self, key: &SessionKey, reason: EndReason) -> Result<(), StoreError> {
+        let mut invocation = self.end.key(redis_key(key));
+        invocation.arg(reason.code());
+        self.script::<i64>(&invocation).await.map(|_| ())
     }
 
     pub(super) async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {

@@ -1,14 +1,14 @@
 //! Where sessions live: in this process (`memory`) or in Redis, shared by every instance.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 
 use super::redis_store::RedisStore;
-use super::{now_ms, SessionKey, SessionRecord, TOMBSTONE_GRACE_MS};
+use super::{now_ms, EndReason, SessionKey, SessionRecord, Stored};
 use crate::config::file::SessionStoreKind;
 use crate::config::SessionSection;
 
@@ -37,8 +37,7 @@ impl Store {
                 let store = Arc::new(MemoryStore::default());
                 let sweep_every = (config.idle_timeout.0 / 4)
                     .clamp(Duration::from_millis(250), Duration::from_secs(60));
-                let idle_ms = u64::try_from(config.idle_timeout.0.as_millis()).unwrap_or(u64::MAX);
-                MemoryStore::spawn_sweeper(&store, sweep_every, idle_ms);
+                MemoryStore::spawn_sweeper(&store, sweep_every);
                 Ok(Store::Memory(store))
             }
             SessionStoreKind::Redis => {
@@ -51,8 +50,8 @@ impl Store {
         }
     }
 
-    /// Reads a session.
-    pub async fn get(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+    /// Reads a session or its tombstone.
+    pub async fn get(&self, key: &SessionKey) -> Result<Option<Stored>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.get(key)),
             Store::Redis(r) => r.get(key).await,
@@ -91,7 +90,19 @@ impl Store {
         }
     }
 
-    /// Ends a session.
+    /// Turns a live session into a tombstone that remembers only why it ended (kept until the
+    /// expiry given to `put`). Does nothing to a session that is gone.
+    pub async fn end(&self, key: &SessionKey, reason: EndReason) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.end(key, reason);
+                Ok(())
+            }
+            Store::Redis(r) => r.end(key, reason).await,
+        }
+    }
+
+    /// Forgets a session (logout): a replayed cookie is then unknown.
     pub async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
@@ -140,18 +151,41 @@ struct MemoryEntry {
     created_ms: u64,
     // Atomic so that the common case (refreshing the idle deadline) needs only a read lock.
     last_seen_ms: AtomicU64,
+    /// When the entry (live or tombstone) is forgotten.
     expires_ms: u64,
+    /// `LIVE`, or the end reason of a tombstone (see `end_code`).
+    ended: AtomicU8,
+}
+
+const LIVE: u8 = 0;
+
+fn end_code(reason: EndReason) -> u8 {
+    match reason {
+        EndReason::Idle => 1,
+        EndReason::Absolute => 2,
+    }
+}
+
+fn end_reason(code: u8) -> Option<EndReason> {
+    match code {
+        1 => Some(EndReason::Idle),
+        2 => Some(EndReason::Absolute),
+        _ => None,
+    }
 }
 
 impl MemoryStore {
-    fn get(&self, key: &SessionKey) -> Option<SessionRecord> {
+    fn get(&self, key: &SessionKey) -> Option<Stored> {
         let sessions = self.sessions.read();
         let entry = sessions.get(key)?;
-        Some(SessionRecord {
+        if let Some(reason) = end_reason(entry.ended.load(Ordering::Relaxed)) {
+            return Some(Stored::Ended(reason));
+        }
+        Some(Stored::Live(SessionRecord {
             user: entry.user.to_string(),
             created_ms: entry.created_ms,
             last_seen_ms: entry.last_seen_ms.load(Ordering::Relaxed),
-        })
+        }))
     }
 
     fn put(&self, key: &SessionKey, record: &SessionRecord, expires_ms: u64) {
@@ -160,6 +194,7 @@ impl MemoryStore {
             created_ms: record.created_ms,
             last_seen_ms: AtomicU64::new(record.last_seen_ms),
             expires_ms,
+            ended: AtomicU8::new(LIVE),
         };
         self.sessions.write().insert(*key, entry);
     }
@@ -170,34 +205,40 @@ impl MemoryStore {
         }
     }
 
+    fn end(&self, key: &SessionKey, reason: EndReason) {
+        if let Some(entry) = self.sessions.read().get(key) {
+            // The first end wins: two racing requests must not tell different stories.
+            let _ = entry.ended.compare_exchange(
+                LIVE,
+                end_code(reason),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     fn delete(&self, key: &SessionKey) {
         self.sessions.write().remove(key);
     }
 
+    /// Live sessions (tombstones not counted).
     fn len(&self) -> usize {
-        self.sessions.read().len()
+        self.sessions
+            .read()
+            .values()
+            .filter(|e| e.ended.load(Ordering::Relaxed) == LIVE)
+            .count()
     }
 
-    /// Drops sessions that ended (idle or absolute) more than `TOMBSTONE_GRACE` ago, so memory
-    /// stays bounded by the sessions active within one idle timeout. The grace lets a request
-    /// that comes shortly after the end still be told why the session ended.
-    fn sweep(&self, idle_ms: Option<u64>) {
+    /// Drops sessions and tombstones past their expiry (absolute deadline + `ended_memory`).
+    fn sweep(&self) {
         let now = now_ms();
-        self.sessions.write().retain(|_, entry| {
-            let idle_end = idle_ms.map_or(u64::MAX, |idle| {
-                entry
-                    .last_seen_ms
-                    .load(Ordering::Relaxed)
-                    .saturating_add(idle)
-            });
-            now < entry
-                .expires_ms
-                .min(idle_end)
-                .saturating_add(TOMBSTONE_GRACE_MS)
-        });
+        self.sessions
+            .write()
+            .retain(|_, entry| now < entry.expires_ms);
     }
 
-    fn spawn_sweeper(store: &Arc<Self>, every: Duration, idle_ms: u64) {
+    fn spawn_sweeper(store: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(store);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -205,7 +246,7 @@ impl MemoryStore {
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
-                store.sweep(Some(idle_ms));
+                store.sweep();
             }
         });
     }
@@ -216,7 +257,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_store_round_trip_and_sweep() {
+    fn memory_store_round_trip_tombstones_and_sweep() {
         let store = MemoryStore::default();
         let now = now_ms();
         let record = SessionRecord {
@@ -225,16 +266,19 @@ mod tests {
             last_seen_ms: now,
         };
         store.put(&[1; 32], &record, now + 60_000);
-        store.put(
-            &[2; 32],
-            &record,
-            now.saturating_sub(TOMBSTONE_GRACE_MS + 1),
-        );
-        assert_eq!(store.get(&[1; 32]), Some(record.clone()));
+        store.put(&[2; 32], &record, now.saturating_sub(1));
+        assert_eq!(store.get(&[1; 32]), Some(Stored::Live(record.clone())));
         store.touch(&[1; 32], now + 5);
-        assert_eq!(store.get(&[1; 32]).unwrap().last_seen_ms, now + 5);
-        store.sweep(None);
+        let Some(Stored::Live(touched)) = store.get(&[1; 32]) else {
+            panic!("live")
+        };
+        assert_eq!(touched.last_seen_ms, now + 5);
+        store.sweep();
         assert_eq!(store.len(), 1);
+        store.end(&[1; 32], EndReason::Idle);
+        store.end(&[1; 32], EndReason::Absolute);
+        assert_eq!(store.get(&[1; 32]), Some(Stored::Ended(EndReason::Idle)));
+        assert_eq!(store.len(), 0);
         store.delete(&[1; 32]);
         assert!(store.get(&[1; 32]).is_none());
     }

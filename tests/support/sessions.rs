@@ -131,3 +131,161 @@ pub fn session_id(response: &Resp) -> String {
 pub fn cookie(id: &str) -> String {
     format!("{SESSION_COOKIE}={id}")
 }
+
+/// A cookie jar that keeps and expires cookies as browsers do (RFC 6265 §5.3: `Max-Age`, a
+/// non-positive one deleting the cookie at once), for one host and `Path=/`. Every "tab" of
+/// the same browser shares it.
+#[derive(Default)]
+pub struct Jar {
+    cookies: std::sync::Mutex<Vec<(String, String, Option<std::time::Instant>)>>,
+}
+
+impl Jar {
+    /// Takes in every `Set-Cookie` of a response.
+    pub fn store(&self, response: &Resp) {
+        let now = std::time::Instant::now();
+        let mut cookies = self.cookies.lock().unwrap();
+        for line in response.header_all("set-cookie") {
+            let mut parts = line.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.trim().split_once('=')) else {
+                continue;
+            };
+            let mut expires = None;
+            for attribute in parts {
+                let (key, val) = attribute.trim().split_once('=').unwrap_or((attribute, ""));
+                if key.trim().eq_ignore_ascii_case("max-age") {
+                    let secs: i64 = val.trim().parse().expect("Max-Age is an integer");
+                    expires = Some(if secs <= 0 {
+                        now
+                    } else {
+                        now + Duration::from_secs(secs as u64)
+                    });
+                }
+            }
+            cookies.retain(|(n, _, _)| n != name);
+            if expires.is_none_or(|at| at > now) {
+                cookies.push((name.to_string(), value.to_string(), expires));
+            }
+        }
+    }
+
+    /// The `Cookie` header a browser would send now, if any cookie is still kept.
+    pub fn header(&self) -> Option<String> {
+        let now = std::time::Instant::now();
+        let mut cookies = self.cookies.lock().unwrap();
+        cookies.retain(|(_, _, expires)| expires.is_none_or(|at| at > now));
+        let pairs: Vec<String> = cookies.iter().map(|(n, v, _)| format!("{n}={v}")).collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+
+    /// A GET through the jar, with `extra` headers (as a browser tab would send it).
+    pub async fn get(&self, proxy: &Proxy, path: &str, extra: &[(&str, &str)]) -> Resp {
+        let cookie = self.header();
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(cookie) = &cookie {
+            headers.push(("cookie", cookie));
+        }
+        let response = proxy.get(path, &headers).await;
+        self.store(&response);
+        response
+    }
+
+    /// Signs `user` in through the login form and keeps the cookie.
+    pub async fn sign_in(&self, proxy: &Proxy, user: &str, password: &str) {
+        let response = login_with(proxy, user, password, "/", &[]).await;
+        assert_eq!(response.status, 303, "login: {}", response.text());
+        self.store(&response);
+    }
+}
+
+/// `[session]` lines for the "told why it ended" scenario: idle 1 s, absolute 2 s, ended
+/// sessions remembered 30 minutes, plain-HTTP cookies.
+pub const ENDS_SESSION_LINES: &str = "cookie_secure = false\nidle_timeout = \"1s\"\n\
+                                      absolute_timeout = \"2s\"\nended_memory = \"30m\"";
+
+/// The `ended` value of a redirect to the login page (asserting it is one).
+fn ended_of(response: &Resp) -> Option<String> {
+    assert_eq!(response.status, 302, "{response:?} {}", response.text());
+    let location = response.header("location").expect("Location");
+    assert!(
+        location.starts_with("/.portcullis/login?"),
+        "to the login page: {location}"
+    );
+    let query = location.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "ended")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Every request after a session's end, from every tab of a browser that keeps and expires
+/// cookies as browsers do, and any retry, is told the same reason, and the login page says
+/// which. `proxy` runs with [`ENDS_SESSION_LINES`].
+pub async fn ended_sessions_are_told_why(proxy: &Proxy) {
+    let html = ("accept", "text/html");
+
+    // The cookie lives as long as the store remembers the end: absolute + ended_memory.
+    let browser = Jar::default();
+    let response = login_with(proxy, "alice", ALICE_PW, "/", &[]).await;
+    assert!(
+        set_cookie(&response).contains("; Max-Age=1802"),
+        "Max-Age = absolute_timeout (2 s) + ended_memory (30 min): {}",
+        set_cookie(&response)
+    );
+    browser.store(&response);
+    assert_eq!(browser.get(proxy, "/app/a", &[html]).await.status, 200);
+
+    // Idle end: two tabs and an API retry, all told "idle".
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for tab in ["/app/tab1", "/app/tab2"] {
+        let response = browser.get(proxy, tab, &[html]).await;
+        assert_eq!(ended_of(&response).as_deref(), Some("idle"), "{tab}");
+        assert_eq!(
+            proxy.access_of(&response).await["reason"],
+            "session_idle_timeout",
+            "{tab}"
+        );
+        let page = proxy
+            .get(&response.header("location").unwrap(), &[html])
+            .await
+            .text();
+        assert!(
+            page.contains("Your session ended after 1 second of inactivity."),
+            "{tab}: {page}"
+        );
+    }
+    let retry = browser
+        .get(proxy, "/app/api", &[("accept", "application/json")])
+        .await;
+    assert_eq!(retry.status, 401, "{}", retry.text());
+    assert_eq!(retry.json()["reason"], "session_idle_timeout");
+
+    // Absolute end of a session kept active: the browser still sends the cookie after the
+    // absolute deadline (a Max-Age of exactly absolute_timeout would have dropped it), and
+    // every tab is told "absolute".
+    let browser = Jar::default();
+    browser.sign_in(proxy, "alice", ALICE_PW).await;
+    let started = Instant::now();
+    for at in [500, 1000, 1500] {
+        tokio::time::sleep_until((started + Duration::from_millis(at)).into()).await;
+        let response = browser.get(proxy, "/app/active", &[html]).await;
+        assert_eq!(response.status, 200, "at {at} ms: {}", response.text());
+    }
+    tokio::time::sleep_until((started + Duration::from_millis(2200)).into()).await;
+    for tab in ["/app/tab1", "/app/tab2", "/app/tab3"] {
+        let response = browser.get(proxy, tab, &[html]).await;
+        assert_eq!(ended_of(&response).as_deref(), Some("absolute"), "{tab}");
+        assert_eq!(
+            proxy.access_of(&response).await["reason"],
+            "session_absolute_timeout",
+            "{tab}"
+        );
+    }
+    let page = proxy
+        .get("/.portcullis/login?next=%2F&ended=absolute", &[html])
+        .await
+        .text();
+    assert!(
+        page.contains("Your session ended after the maximum of 2 seconds."),
+        "{page}"
+    );
+}
