@@ -512,8 +512,9 @@ impl App {
             config: &config.identity,
             preserve_host: config.upstream.preserve_host,
         };
-        rewrite_request(request.headers_mut(), &forward_ctx);
+        // The session cookie goes first, so the rewrite joins what is left into one line.
         self.sessions.strip_cookie(request.headers_mut());
+        rewrite_request(request.headers_mut(), &forward_ctx);
         let started = Instant::now();
         let result = runtime.upstream.forward(request, path_and_query).await;
         self.metrics

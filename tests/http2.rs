@@ -160,3 +160,36 @@ async fn concurrent_streams_are_bounded_and_all_answered() {
     );
     assert_eq!(upstream.requests().len(), 301);
 }
+
+/// HTTP/2 clients may split `Cookie` into one field per cookie (RFC 9113 §8.2.3); the HTTP/1.1
+/// upstream gets them as one `Cookie` line joined with `; `, without the session cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_cookie_fields_reach_the_upstream_as_one_line() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut request = hyper::Request::get(format!("http://{}/public/cookies", proxy.addr))
+        .body(())
+        .unwrap();
+    for cookie in [
+        "a=1",
+        "portcullis_session=not-a-live-session-id-0000000000",
+        "b=2; c=3",
+        "d=4",
+    ] {
+        request
+            .headers_mut()
+            .append("cookie", hyper::header::HeaderValue::from_static(cookie));
+    }
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.only("/public/cookies");
+    assert_eq!(seen.header_all("cookie"), vec!["a=1; b=2; c=3; d=4"]);
+}

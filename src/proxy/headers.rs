@@ -108,11 +108,40 @@ pub fn rewrite_request(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     } else if let (false, Some(host)) = (headers.contains_key(header::HOST), &ctx.host) {
         headers.insert(header::HOST, host.clone());
     }
+    join_cookies(headers);
     add_forwarding(headers, ctx, prior_for.flatten(), prior_forwarded.flatten());
     add_identity(headers, ctx);
     if websocket {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+}
+
+/// Several `Cookie` fields become one, joined with `; `: HTTP/2 clients may send one field per
+/// cookie (RFC 9113 §8.2.3), and an HTTP/1.1 upstream must get a single line (RFC 6265 §5.4),
+/// else it may read only the first or the last.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.nth(1).is_none() {
+        return;
+    }
+    let mut line: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        let value = value.as_bytes().trim_ascii();
+        if value.is_empty() {
+            continue;
+        }
+        if !line.is_empty() {
+            line.extend_from_slice(b"; ");
+        }
+        line.extend_from_slice(value);
+    }
+    headers.remove(header::COOKIE);
+    // Valid field values joined by "; " are a valid field value.
+    if let Ok(joined) = HeaderValue::from_bytes(&line) {
+        if !line.is_empty() {
+            headers.insert(header::COOKIE, joined);
+        }
     }
 }
 
@@ -347,6 +376,22 @@ mod tests {
             preserve_host: false,
         };
         rewrite_request(headers, &ctx);
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut headers = HeaderMap::new();
+        for value in ["a=1", " ", "b=2; c=3", "d=4"] {
+            headers.append(header::COOKIE, HeaderValue::from_static(value));
+        }
+        rewrite(&mut headers, false);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3; d=4"]);
+
+        let mut single = HeaderMap::new();
+        single.insert(header::COOKIE, HeaderValue::from_static("x=1;y=2"));
+        rewrite(&mut single, false);
+        assert_eq!(single.get(header::COOKIE).unwrap(), "x=1;y=2");
     }
 
     #[test]
