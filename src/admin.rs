@@ -44,14 +44,19 @@ async fn answer(
     let response = match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
         "/readyz" => {
-            let problems = app.readiness_problems().await;
-            if problems.is_empty() {
-                text(StatusCode::OK, "ready\n".to_string())
-            } else {
+            let readiness = app.readiness().await;
+            if !readiness.problems.is_empty() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {}\n", problems.join("; ")),
+                    format!("not ready: {}\n", readiness.problems.join("; ")),
                 )
+            } else if !readiness.degraded.is_empty() {
+                text(
+                    StatusCode::OK,
+                    format!("ready, degraded: {}\n", readiness.degraded.join("; ")),
+                )
+            } else {
+                text(StatusCode::OK, "ready\n".to_string())
             }
         }
         "/metrics" => {

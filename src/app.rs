@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,6 +60,19 @@ pub struct App {
     sessions: Sessions,
     limiter: FailureLimiter,
     metrics: Arc<Metrics>,
+    /// The session store has answered once: from then on an outage is reported by
+    /// `/readyz`'s body and `portcullis_store_up`, not by 503 (SPEC §6), since taking every
+    /// instance out of the load balancer would stop Basic and Bearer too.
+    store_answered: AtomicBool,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// What keeps the proxy from being ready (503 while any).
+    pub problems: Vec<String>,
+    /// What works in a degraded way while the proxy is ready.
+    pub degraded: Vec<String>,
 }
 
 /// What the server knows about the connection a request came on.
@@ -116,6 +130,7 @@ impl App {
             verifier: PasswordVerifier::start_counting(metrics.password_verifications.clone()),
             sessions,
             limiter,
+            store_answered: AtomicBool::new(false),
             metrics: Arc::new(metrics),
         }))
     }
@@ -132,22 +147,43 @@ impl App {
                 .live_sessions
                 .set(i64::try_from(live).unwrap_or(i64::MAX));
         }
+        let up = self.limiter.store_up();
+        self.metrics.store_up.set(i64::from(up));
+        self.metrics
+            .failure_counting_local
+            .set(i64::from(self.limiter.counting_locally()));
         self.metrics.render()
     }
 
-    /// What keeps the proxy from being ready (empty when ready): the session store must answer
-    /// when a route uses sessions.
-    pub async fn readiness_problems(&self) -> Vec<String> {
+    /// Readiness: the session store must have answered once when a route uses sessions (a
+    /// later outage is reported as degraded), and the JWT key set must be loaded.
+    pub async fn readiness(&self) -> Readiness {
         let runtime = self.runtime();
-        let mut problems = Vec::new();
+        let mut readiness = Readiness::default();
         let uses_sessions = runtime
             .config
             .routes
             .iter()
             .any(|r| r.accepts(Scheme::Session));
-        if uses_sessions && !self.sessions.store().ready().await {
-            problems.push("session store unreachable".to_string());
+        let store = self.sessions.store();
+        if store.redis().is_some() {
+            let up = store.ready().await;
+            self.limiter.observe_store(up);
+            if up {
+                self.store_answered.store(true, Ordering::Release);
+            } else if uses_sessions && !self.store_answered.load(Ordering::Acquire) {
+                readiness
+                    .problems
+                    .push("session store unreachable".to_string());
+            } else {
+                readiness.degraded.push(
+                    "session store unreachable: session routes answer 503; failed passwords \
+                     are counted and locked out in this instance's memory"
+                        .to_string(),
+                );
+            }
         }
+        let problems = &mut readiness.problems;
         if runtime
             .config
             .jwt
@@ -156,7 +192,7 @@ impl App {
         {
             problems.push("JWT key set not loaded yet".to_string());
         }
-        problems
+        readiness
     }
 
     /// Swaps in a new configuration for new requests; in-flight requests finish on the old

@@ -66,6 +66,12 @@ pub struct Metrics {
     pub live_sessions: Gauge,
     /// Config reloads by outcome.
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// 1 while the shared (Redis) store answers, 0 while it is unreachable; always 1 with
+    /// the memory store.
+    pub store_up: Gauge,
+    /// 1 while failed-password counting and lockouts fall back to this instance's memory
+    /// because Redis is unreachable.
+    pub failure_counting_local: Gauge,
     /// Password hashes computed (coalesced and cached checks are not counted).
     pub password_verifications: Counter,
     /// Handles on `requests` counters by route and status class (see `request_counter`).
@@ -139,6 +145,19 @@ impl Default for Metrics {
             "Configuration reloads by outcome",
             reloads.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the session and failure-counter store answers (always 1 in memory)",
+            store_up.clone(),
+        );
+        let failure_counting_local = Gauge::default();
+        registry.register(
+            "failure_counting_local",
+            "1 while failed passwords are counted in this instance's memory because Redis is \
+             unreachable",
+            failure_counting_local.clone(),
+        );
         let password_verifications = Counter::default();
         registry.register(
             "password_verifications",
@@ -157,6 +176,8 @@ impl Default for Metrics {
             open_connections,
             live_sessions,
             reloads,
+            store_up,
+            failure_counting_local,
             request_cache: RwLock::new(HashMap::new()),
         }
     }
