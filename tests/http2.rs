@@ -193,3 +193,53 @@ async fn h2_cookie_fields_reach_the_upstream_as_one_line() {
     let seen = upstream.only("/public/cookies");
     assert_eq!(seen.header_all("cookie"), vec!["a=1; b=2; c=3; d=4"]);
 }
+
+/// An HTTP/2 connection with no open stream is closed after `idle_timeout` even when the
+/// client keeps sending PINGs (each of which the server must answer): otherwise any client
+/// could hold a connection slot forever. Both after a request and with none at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_do_not_keep_an_http2_connection_without_streams_open() {
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("idle_timeout = \"1s\"")
+        .start()
+        .await;
+    for with_request in [true, false] {
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut sender, mut connection) = h2::client::handshake(tcp).await.expect("h2c");
+        let mut ping_pong = connection.ping_pong().expect("the ping handle");
+        let connection = tokio::spawn(connection);
+        if with_request {
+            let request = hyper::Request::get(format!("http://{}/public/h2-idle", proxy.addr))
+                .body(())
+                .unwrap();
+            let (response, _) = sender.send_request(request, true).expect("send");
+            let response = tokio::time::timeout(DEADLINE, response)
+                .await
+                .expect("a response in time")
+                .expect("a response");
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            while let Some(chunk) = body.data().await {
+                chunk.expect("body");
+            }
+        }
+        let start = std::time::Instant::now();
+        let mut pongs = 0;
+        while !connection.is_finished() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{pongs} pings kept an HTTP/2 connection with no stream open (request: {with_request})"
+            );
+            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                break;
+            }
+            pongs += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(
+            pongs >= 2,
+            "the connection was closed before the pings: {pongs}"
+        );
+    }
+}

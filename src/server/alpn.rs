@@ -5,12 +5,17 @@
 //! bytes against the negotiated protocol before the builder sees them: HTTP/1 bytes on an
 //! `h2` connection, or the HTTP/2 preface on an `http/1.1` (or no-ALPN) one, end the
 //! connection with an error, so the sniffer can only ever choose what ALPN agreed on.
+//! Without TLS it only notes whether the connection is HTTP/2 (for the idle rule, see
+//! `Streams`).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::idle::Streams;
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -22,6 +27,8 @@ pub enum Negotiated {
     H2,
     /// `http/1.1`, or no ALPN: the connection must not open with it.
     Http1,
+    /// No TLS: either may follow (h2c with prior knowledge).
+    Either,
 }
 
 impl Negotiated {
@@ -38,16 +45,20 @@ impl Negotiated {
 pub struct AlpnGuard<S> {
     inner: S,
     negotiated: Negotiated,
+    /// Told once the connection has opened with the preface.
+    streams: Option<Arc<Streams>>,
     /// Bytes of the preface compared so far; `PREFACE.len()` once the check is over.
     checked: usize,
 }
 
 impl<S> AlpnGuard<S> {
-    /// Wraps `inner`, whose handshake negotiated `negotiated`.
-    pub fn new(inner: S, negotiated: Negotiated) -> Self {
+    /// Wraps `inner`, whose handshake negotiated `negotiated`; `streams` learns whether the
+    /// connection speaks HTTP/2.
+    pub fn new(inner: S, negotiated: Negotiated, streams: Option<Arc<Streams>>) -> Self {
         AlpnGuard {
             inner,
             negotiated,
+            streams,
             checked: 0,
         }
     }
@@ -69,11 +80,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for AlpnGuard<S> {
         let fits = new[..n] == PREFACE[self.checked..self.checked + n];
         let refused = match (self.negotiated, fits) {
             (Negotiated::H2, false) => Some("no HTTP/2 preface on a connection that negotiated h2"),
-            (Negotiated::H2, true) => {
+            (Negotiated::H2 | Negotiated::Either, true) => {
                 self.checked += n;
+                if self.checked == PREFACE.len() {
+                    if let Some(streams) = &self.streams {
+                        streams.set_h2();
+                    }
+                }
                 None
             }
-            (Negotiated::Http1, false) => {
+            (Negotiated::Http1 | Negotiated::Either, false) => {
                 self.checked = PREFACE.len();
                 None
             }
@@ -141,7 +157,7 @@ mod tests {
                 }
             }
         });
-        let mut guard = AlpnGuard::new(server, negotiated);
+        let mut guard = AlpnGuard::new(server, negotiated, None);
         let mut out = Vec::new();
         let result = guard.read_to_end(&mut out).await.map(drop);
         writer.abort();
@@ -160,6 +176,8 @@ mod tests {
             assert!(read_through(&h2, Negotiated::Http1, chunk).await.is_err());
             assert!(read_through(h1, Negotiated::H2, chunk).await.is_err());
             assert!(read_through(pri_h1, Negotiated::H2, chunk).await.is_err());
+            assert!(read_through(&h2, Negotiated::Either, chunk).await.is_ok());
+            assert!(read_through(h1, Negotiated::Either, chunk).await.is_ok());
         }
     }
 }

@@ -22,7 +22,7 @@ mod tunnel;
 use alpn::{AlpnGuard, Negotiated};
 pub use framing::FramingFinding;
 use framing::{FramingFlags, FramingWatch};
-use idle::{Activity, Tracked};
+use idle::{Activity, Counted, Streams, Tracked};
 use tunnel::ConnectionSlot;
 pub use tunnel::TunnelTerms;
 
@@ -101,8 +101,8 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        // No keep-alive pings: they would count as activity and keep idle connections open;
-        // the idle timeout closes connections to peers that went away.
+        // No keep-alive pings: the idle timeout closes connections to peers that went away
+        // (and with no open stream, the client's own pings do not keep one open either).
         .max_concurrent_streams(H2_MAX_STREAMS);
     builder
 }
@@ -171,11 +171,15 @@ impl AcceptLoop {
         };
         tokio::spawn(async move {
             let activity = Activity::new();
+            let streams = Streams::new();
             let stream = Tracked::new(stream, activity.clone());
             match tls {
                 None => {
                     let info = ConnInfo { peer, tls: false };
-                    driver.serve(app.clone(), stream, info, &activity).await;
+                    let io = AlpnGuard::new(stream, Negotiated::Either, Some(streams.clone()));
+                    driver
+                        .serve(app.clone(), io, info, &activity, streams)
+                        .await;
                 }
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -184,8 +188,10 @@ impl AcceptLoop {
                             let info = ConnInfo { peer, tls: true };
                             let negotiated =
                                 Negotiated::from_alpn(tls_stream.get_ref().1.alpn_protocol());
-                            let io = AlpnGuard::new(tls_stream, negotiated);
-                            driver.serve(app.clone(), io, info, &activity).await;
+                            let io = AlpnGuard::new(tls_stream, negotiated, Some(streams.clone()));
+                            driver
+                                .serve(app.clone(), io, info, &activity, streams)
+                                .await;
                         }
                         Ok(Err(err)) => {
                             tracing::debug!(error = %err, client = %peer, "TLS handshake failed")
@@ -211,14 +217,21 @@ struct Driver {
 
 impl Driver {
     /// Serves HTTP/1.1 or HTTP/2 on an accepted (and, with TLS, decrypted) connection.
-    async fn serve<S>(mut self, app: Arc<App>, io: S, info: ConnInfo, activity: &Activity)
-    where
+    async fn serve<S>(
+        mut self,
+        app: Arc<App>,
+        io: S,
+        info: ConnInfo,
+        activity: &Activity,
+        streams: Arc<Streams>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = info.peer;
         let framing = Arc::new(FramingFlags::default());
         let io = FramingWatch::new(io, framing.clone());
         let tunnel_terms = self.tunnel_terms.clone();
+        let idle_streams = streams.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             // HTTP/2 requests never pass through the HTTP/1 watch's count.
             if request.version() < hyper::Version::HTTP_2 {
@@ -234,6 +247,8 @@ impl Driver {
                 request.extensions_mut().insert(tunnel_terms.clone());
             }
             let connect = request.method() == hyper::Method::CONNECT;
+            // An HTTP/2 stream stays open until its response body is done.
+            let stream = (request.version() == hyper::Version::HTTP_2).then(|| streams.open());
             let (app, framing) = (app.clone(), framing.clone());
             async move {
                 let response = app.handle(request, info).await?;
@@ -243,7 +258,7 @@ impl Driver {
                 {
                     framing.switched_protocols();
                 }
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(response.map(|body| Counted::new(body, stream)))
             }
         });
         let connection = self
@@ -254,7 +269,7 @@ impl Driver {
         // (say, one that stopped reading our response) is dropped outright.
         let mut closing = false;
         let result = loop {
-            let idle_for = activity.idle_for();
+            let idle_for = idle_streams.idle_for(activity);
             let wake = self.idle_timeout.saturating_sub(idle_for);
             tokio::select! {
                 result = connection.as_mut() => break result,
@@ -263,7 +278,7 @@ impl Driver {
                     closing = true;
                 }
                 _ = tokio::time::sleep(wake) => {
-                    if activity.idle_for() < self.idle_timeout {
+                    if idle_streams.idle_for(activity) < self.idle_timeout {
                         continue;
                     }
                     if closing {
@@ -273,6 +288,7 @@ impl Driver {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                     activity.touch();
+                    idle_streams.touch();
                 }
             }
         };
