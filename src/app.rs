@@ -557,14 +557,21 @@ impl App {
             .upstream_seconds
             .observe(started.elapsed().as_secs_f64());
         if let Err(failure) = &result {
+            // A client's broken or abandoned body is no upstream error.
             let kind = match failure.reason {
-                FailReason::UpstreamTimeout => "timeout",
-                _ => "unreachable",
+                FailReason::UpstreamTimeout => Some("timeout"),
+                FailReason::UpstreamUnreachable => Some("unreachable"),
+                FailReason::ClientClosed
+                | FailReason::ClientBodyInvalid
+                | FailReason::StoreUnavailable
+                | FailReason::Overloaded => None,
             };
-            self.metrics
-                .upstream_errors
-                .get_or_create(&ErrorKindLabels { kind })
-                .inc();
+            if let Some(kind) = kind {
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&ErrorKindLabels { kind })
+                    .inc();
+            }
         }
         Ok(result?)
     }

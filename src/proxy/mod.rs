@@ -291,6 +291,9 @@ async fn tunnel(
 
 /// Connect timeouts count as timeouts (504); everything else as unreachable (502).
 fn classify(err: &UpstreamError) -> Failure {
+    if let Some(failure) = client_body_failure(err) {
+        return failure;
+    }
     let timed_out = source_chain(err).any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
@@ -306,6 +309,42 @@ fn classify(err: &UpstreamError) -> Failure {
         );
     }
     Failure::new(FailReason::UpstreamUnreachable, format!("{err}: {cause}"))
+}
+
+/// The exchange failed because the client's request body did (hyper reports the body it was
+/// sending as a user error): that is the client's doing, never the upstream's. A body that
+/// broke its own framing (hyper's decoder says invalid input or data) is `client_body_invalid`;
+/// any other end of the body (EOF mid-body, a reset stream) is `client_closed`.
+fn client_body_failure(err: &UpstreamError) -> Option<Failure> {
+    let UpstreamError::Exchange(exchange) = err else {
+        return None;
+    };
+    if !exchange.is_user() {
+        return None;
+    }
+    let cause = source_chain(exchange)
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let invalid = source_chain(exchange).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
+    });
+    Some(if invalid {
+        Failure::new(
+            FailReason::ClientBodyInvalid,
+            format!("the request body is malformed: {cause}"),
+        )
+    } else {
+        Failure::new(
+            FailReason::ClientClosed,
+            format!("the request body ended early: {cause}"),
+        )
+    })
 }
 
 fn source_chain<'a>(

@@ -435,6 +435,79 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(text, 16).ok()
 }
 
+/// One request head as the watch read it, for the differential fuzz target (`fuzz/`).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracedHead {
+    /// The request line, at most `LINE_KEEP` bytes of it, without the line break.
+    pub request_line: Vec<u8>,
+    /// Offset just past the head's empty line.
+    pub head_end: usize,
+    /// Body bytes the watch skipped for this request (chunk data only, for chunked bodies).
+    pub body_len: u64,
+    /// Offset just past the request's body, once the watch expects the next head there.
+    pub end: Option<usize>,
+    /// What the watch found in this head (the handler refuses it and closes the connection).
+    pub finding: Option<FramingFinding>,
+}
+
+/// Runs the watch over `bytes`, one byte at a time, and reports every head it saw and where
+/// it believes each request ends. For the differential fuzz target only: not fast.
+#[doc(hidden)]
+pub fn trace(bytes: &[u8]) -> Vec<TracedHead> {
+    let flags = FramingFlags::default();
+    let mut scanner = Scanner::default();
+    let mut heads: Vec<TracedHead> = Vec::new();
+    let mut line_start = 0;
+    for (offset, byte) in bytes.iter().enumerate() {
+        let before = scanner.state;
+        let awaiting = before == State::Head && !scanner.head.request_line_seen;
+        let mut request_line = None;
+        scanner.feed(std::slice::from_ref(byte), &flags);
+        let after = scanner.state;
+        if awaiting && *byte == b'\n' {
+            if scanner.head.request_line_seen {
+                let line = &bytes[line_start..offset];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                request_line = Some(line[..line.len().min(LINE_KEEP)].to_vec());
+            }
+            line_start = offset + 1;
+        }
+        if let Some(line) = request_line {
+            // Kept until the head is complete.
+            heads.push(TracedHead {
+                request_line: line,
+                head_end: 0,
+                body_len: 0,
+                end: None,
+                finding: None,
+            });
+        }
+        let number = heads.len() as u64;
+        let Some(current) = heads.last_mut() else {
+            continue;
+        };
+        if current.head_end == 0 {
+            if scanner.heads_seen < number {
+                continue;
+            }
+            current.head_end = offset + 1;
+            current.finding = (flags.flagged.load(Ordering::Relaxed) == number)
+                .then(|| FramingFinding::from_code(flags.finding.load(Ordering::Relaxed)))
+                .flatten();
+        } else if current.end.is_none() && matches!(before, State::Body(_) | State::ChunkData(_)) {
+            current.body_len += 1;
+        }
+        if current.end.is_none() && after == State::Head {
+            current.end = Some(offset + 1);
+            line_start = offset + 1;
+        }
+    }
+    // A head whose empty line never came is no head.
+    heads.retain(|h| h.head_end != 0);
+    heads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,6 +673,27 @@ mod tests {
                 proptest::prop_assert_eq!(scan(&stream, step), whole);
             }
         }
+    }
+
+    #[test]
+    fn the_trace_locates_each_request() {
+        let stream = b"\r\nGET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+                       POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nGET /d";
+        let heads = trace(stream);
+        let lines: Vec<&[u8]> = heads.iter().map(|h| h.request_line.as_slice()).collect();
+        assert_eq!(
+            lines,
+            [
+                &b"GET /a HTTP/1.1"[..],
+                b"POST /b HTTP/1.1",
+                b"POST /c HTTP/1.1"
+            ]
+        );
+        assert_eq!(heads[0].end, Some(21));
+        assert_eq!(heads[1].body_len, 3);
+        assert_eq!(heads[1].end, Some(heads[1].head_end + 3));
+        assert_eq!(heads[2].body_len, 2);
+        assert_eq!(heads[2].end, Some(stream.len() - 6));
     }
 
     #[test]

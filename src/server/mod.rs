@@ -21,6 +21,8 @@ mod tunnel;
 
 use alpn::{AlpnGuard, Negotiated};
 pub use framing::FramingFinding;
+#[doc(hidden)]
+pub use framing::{trace as trace_framing, TracedHead};
 use framing::{FramingFlags, FramingWatch};
 use idle::{Activity, Counted, Streams, Tracked};
 use tunnel::ConnectionSlot;

@@ -131,11 +131,14 @@ async fn bad_chunk_sizes_never_become_a_second_request() {
         );
         let text = proxy.raw(attempt.as_bytes()).await;
         let got = statuses(&text);
-        assert!(got.len() <= 1, "{name}: several responses {got:?}: {text}");
-        assert!(
-            got.iter().all(|s| matches!(s, 400 | 502)),
-            "{name}: {got:?}: {text}"
-        );
+        // The client's body broke, not the upstream: 400 `client_body_invalid`, an error.
+        assert_eq!(got, vec![400], "{name}: {text}");
+        let response = RawResp::parse(&text);
+        let event = proxy
+            .access_for(response.header("x-request-id").expect("X-Request-Id"))
+            .await;
+        assert_eq!(event["reason"], "client_body_invalid", "{name}: {event}");
+        assert_eq!(event["decision"], "error", "{name}: {event}");
         let forwarded: Vec<Recorded> = upstream
             .requests()
             .into_iter()
@@ -270,4 +273,48 @@ async fn the_framing_watch_cannot_be_switched_off() {
             .all(|p| p == "/public/up-h2c" || p == "/public/up-ws"),
         "forwarded: {forwarded:?}"
     );
+}
+
+/// A client that goes away in the middle of its request body is `client_closed` (an error of
+/// the client's), never blamed on the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_mid_body_is_client_closed() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    for (name, head, part) in [
+        (
+            "length",
+            "POST /public/abort-length/echo-body HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n",
+            "0123456789",
+        ),
+        (
+            "chunked",
+            "POST /public/abort-chunked/echo-body HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "64\r\n0123456789",
+        ),
+    ] {
+        let before = upstream.body_bytes();
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(part.as_bytes()).await.unwrap();
+        upstream.wait_for_body_bytes(before + 10).await;
+        drop(stream);
+        let path = format!("/public/abort-{name}/echo-body");
+        let start = Instant::now();
+        let event = loop {
+            let found: Vec<_> = proxy
+                .access_events()
+                .into_iter()
+                .filter(|e| e["path"] == path.as_str())
+                .collect();
+            if let Some(event) = found.first() {
+                assert_eq!(found.len(), 1, "{found:?}");
+                break event.clone();
+            }
+            assert!(start.elapsed() < DEADLINE, "no access event for {path}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(event["reason"], "client_closed", "{name}: {event}");
+        assert_eq!(event["decision"], "error", "{name}: {event}");
+    }
 }
