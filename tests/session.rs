@@ -171,7 +171,8 @@ async fn login_redirects_to_next_with_a_fresh_cookie_and_the_right_flags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     let upstream = Upstream::start().await;
-    // No cookie_secure line: the default must be Secure.
+    // No cookie_secure line: the default must be Secure, and with no cookie_domain the cookie
+    // is a `__Host-` one (Secure, Path=/, no Domain), which no sibling subdomain can set.
     let proxy = Proxy::start(
         &upstream,
         &body("idle_timeout = \"10m\"\nabsolute_timeout = \"1h\""),
@@ -179,14 +180,21 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     .await;
     let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
     assert_eq!(response.status, 303, "{}", response.text());
-    let id = session_id(&response);
+    let cookies = response.header_all("set-cookie");
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let id = cookies[0]
+        .strip_prefix(&format!("{HOST_COOKIE}="))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("a {HOST_COOKIE} cookie: {cookies:?}"))
+        .to_string();
     assert_eq!(
-        set_cookie(&response),
-        format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200; Secure")
+        cookies[0],
+        format!("{HOST_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200; Secure")
     );
-    // The clearing cookie of a logout carries the same attributes, so the browser drops it.
+    // The clearing cookie of a logout carries the same name and attributes, so the browser
+    // drops it.
     let origin = origin(&proxy);
-    let c = cookie(&id);
+    let c = format!("{HOST_COOKIE}={id}");
     let out = proxy
         .send(
             "POST",
@@ -196,10 +204,11 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
         )
         .await;
     assert_eq!(out.status, 303, "{}", out.text());
-    let cleared = set_cookie(&out);
     assert_eq!(
-        cleared,
-        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure")
+        out.header_all("set-cookie"),
+        vec![format!(
+            "{HOST_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+        )]
     );
 
     // cookie_domain and cookie_name are honoured.
@@ -232,6 +241,94 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
         upstream.last().header("cookie"),
         None,
         "the renamed cookie is stripped too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tossed_cookies_cannot_shadow_a_session_and_only_the_host_name_counts() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(
+        &upstream,
+        &body("idle_timeout = \"1s\"\nabsolute_timeout = \"1h\""),
+    )
+    .await;
+    let host = |id: &str| format!("{HOST_COOKIE}={id}");
+    let login_id = |response: &Resp| {
+        response
+            .header("set-cookie")
+            .and_then(|c| {
+                c.strip_prefix(&format!("{HOST_COOKIE}="))
+                    .map(|r| r.split(';').next().unwrap().to_string())
+            })
+            .unwrap_or_else(|| panic!("a {HOST_COOKIE} cookie: {response:?}"))
+    };
+    let ended = login_id(&login_with(&proxy, "alice", ALICE_PW, "/", &[]).await);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let live = login_id(&login_with(&proxy, "alice", ALICE_PW, "/", &[]).await);
+    let planted = "A".repeat(43);
+
+    // A cookie planted first (an attacker's from a sibling subdomain, a stale one, an ended
+    // one) does not shadow the live session behind it: among the first four, a live one wins.
+    for before in [
+        vec![host(&planted)],
+        vec![host("garbage")],
+        vec![host(&ended)],
+        vec![host(&planted), host(&ended), host("x")],
+    ] {
+        let mut pairs = before.clone();
+        pairs.push(host(&live));
+        let header = pairs.join("; ");
+        let response = proxy.get("/app/x", &[("cookie", &header)]).await;
+        assert_eq!(response.status, 200, "{header}: {}", response.text());
+        assert_eq!(upstream.last().header("cookie"), None, "{header}");
+    }
+    // The same, split across two Cookie headers.
+    let response = proxy
+        .get(
+            "/app/x",
+            &[("cookie", &host(&planted)), ("cookie", &host(&live))],
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // Only the first four are looked up.
+    let header = [
+        host(&planted),
+        host(&planted),
+        host(&planted),
+        host(&planted),
+        host(&live),
+    ]
+    .join("; ");
+    let response = proxy.get("/app/x", &[("cookie", &header)]).await;
+    assert_eq!(response.status, 401, "{}", response.text());
+
+    // No live session: an end reason is told over "unknown", whatever the order.
+    let header = [host(&planted), host(&ended)].join("; ");
+    let response = proxy.get("/app/x", &[("cookie", &header)]).await;
+    assert_proxy_made(&proxy, &response, 401, "deny", "session_idle_timeout").await;
+
+    // Only the effective name counts: the bare name (which any subdomain can set) is not a
+    // session, is never forwarded, and a refusal clears the effective name.
+    let response = proxy
+        .get("/app/x", &[("cookie", &format!("{SESSION_COOKIE}={live}"))])
+        .await;
+    assert_proxy_made(&proxy, &response, 401, "deny", "missing_credentials").await;
+    let response = proxy
+        .get(
+            "/public/x",
+            &[("cookie", &format!("{SESSION_COOKIE}={live}; a=1"))],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.last().header("cookie").as_deref(), Some("a=1"));
+    let response = proxy.get("/app/x", &[("cookie", &host(&planted))]).await;
+    assert_proxy_made(&proxy, &response, 401, "deny", "session_unknown").await;
+    assert_eq!(
+        response.header_all("set-cookie"),
+        vec![format!(
+            "{HOST_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+        )]
     );
 }
 

@@ -198,14 +198,7 @@ async fn session_identity(
     sessions: &Sessions,
     headers: &HeaderMap,
 ) -> Result<Identity, Refusal> {
-    let id = sessions.cookie(headers).ok_or_else(|| {
-        Denial::of(
-            Scheme::Session,
-            DenyReason::SessionUnknown,
-            "the session cookie is not one this proxy issued",
-        )
-    })?;
-    let active = sessions.check(id).await?;
+    let (_, active) = sessions.find(headers).await?;
     // The user is looked up in the current config on every request: removing a user or
     // changing their groups applies to their open sessions at once.
     let user = config.users.get(&active.record.user).ok_or_else(|| {

@@ -163,10 +163,11 @@ impl Endpoints<'_> {
             return Err(Denial::of(Scheme::Session, DenyReason::MalformedCredentials, why).into());
         }
         let mut user = None;
-        if let Some(id) = self.sessions.cookie(request.headers()) {
-            if let Ok(active) = self.sessions.check(id).await {
-                user = Some(active.record.user);
-            }
+        if let Ok((_, active)) = self.sessions.find(request.headers()).await {
+            user = Some(active.record.user);
+        }
+        // Every session cookie the browser sent ends: signing out must leave none behind.
+        for id in self.sessions.cookie_ids(request.headers()) {
             self.sessions.delete(id).await?;
         }
         let mut response = redirect(
@@ -180,15 +181,15 @@ impl Endpoints<'_> {
     }
 
     async fn whoami(&self, request: &Request<Incoming>) -> Result<Outcome, Refusal> {
-        let Some(id) = self.sessions.cookie(request.headers()) else {
+        if !self.sessions.has_cookie(request.headers()) {
             return Err(Denial::of(
                 Scheme::Session,
                 DenyReason::MissingCredentials,
                 "no session cookie",
             )
             .into());
-        };
-        let active = self.sessions.check(id).await?;
+        }
+        let (_, active) = self.sessions.find(request.headers()).await?;
         let user = self.config.users.get(&active.record.user).ok_or_else(|| {
             Denial::of(
                 Scheme::Session,

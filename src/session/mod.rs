@@ -19,6 +19,11 @@ use crate::config::Scheme;
 use crate::config::SessionSection;
 use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
+/// How many cookies of our name one request may have looked up (the rest are ignored): enough
+/// for a browser holding cookies from a few paths or parent domains, too few to make one request
+/// cost many store reads.
+const MAX_COOKIES: usize = 4;
+
 /// A session id is 32 random bytes (256 bits) in URL-safe base64: 43 characters.
 const ID_BYTES: usize = 32;
 const ID_CHARS: usize = 43;
@@ -91,7 +96,12 @@ pub struct ActiveSession {
 /// Session policy plus the store.
 pub struct Sessions {
     store: Store,
+    /// The name cookies are set and read under: `__Host-` + the configured name when the
+    /// prefix applies (Secure, no Domain), so a sibling subdomain cannot plant one.
     cookie_name: String,
+    /// The configured name without the prefix: stripped before forwarding too, since a cookie
+    /// of that name may still hold a (dead) session id from before the prefix.
+    bare_name: String,
     idle: Duration,
     absolute: Duration,
     ended_memory: Duration,
@@ -115,9 +125,15 @@ impl Sessions {
     /// runtime (the memory store sweeps in the background; Redis connects lazily).
     pub fn new(config: &SessionSection) -> Result<Self, String> {
         let store = Store::new(config)?;
+        let host_only = config.cookie_secure && config.cookie_domain.is_empty();
         Ok(Sessions {
             store,
-            cookie_name: config.cookie_name.clone(),
+            cookie_name: if host_only {
+                format!("__Host-{}", config.cookie_name)
+            } else {
+                config.cookie_name.clone()
+            },
+            bare_name: config.cookie_name.clone(),
             idle: config.idle_timeout.0,
             absolute: config.absolute_timeout.0,
             ended_memory: config.ended_memory.0,
@@ -141,14 +157,58 @@ impl Sessions {
         &self.store
     }
 
-    /// The session cookie's value, when the request carries a well-formed one.
-    pub fn cookie<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
-        cookie_value(headers, &self.cookie_name).filter(|v| well_formed_id(v))
+    /// The ids of the first [`MAX_COOKIES`] cookies of our name that are well-formed.
+    pub fn cookie_ids<'a>(&self, headers: &'a HeaderMap) -> Vec<&'a str> {
+        cookie_values(headers, &self.cookie_name)
+            .take(MAX_COOKIES)
+            .filter(|v| well_formed_id(v))
+            .collect()
     }
 
     /// Whether the request carries a cookie of our name at all (well-formed or not).
     pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
-        cookie_value(headers, &self.cookie_name).is_some()
+        cookie_values(headers, &self.cookie_name).next().is_some()
+    }
+
+    /// The session the request's cookies carry. Of several cookies of our name (a browser may
+    /// hold one per path or parent domain, some planted), the first [`MAX_COOKIES`] are looked
+    /// up and a live session wins; else the refusal says why the most telling one ended (an
+    /// end reason over "unknown"). A store failure is answered at once.
+    pub async fn find(&self, headers: &HeaderMap) -> Result<(String, ActiveSession), Refusal> {
+        let mut refused: Option<Refusal> = None;
+        for value in cookie_values(headers, &self.cookie_name).take(MAX_COOKIES) {
+            let result = if well_formed_id(value) {
+                self.check(value).await
+            } else {
+                Err(Denial::of(
+                    Scheme::Session,
+                    DenyReason::SessionUnknown,
+                    "the session cookie is not one this proxy issued",
+                )
+                .into())
+            };
+            match result {
+                Ok(active) => return Ok((value.to_string(), active)),
+                Err(Refusal::Fail(failure)) => return Err(failure.into()),
+                Err(refusal) => {
+                    let unknown = |r: &Refusal| matches!(r, Refusal::Deny(d) if d.reason == DenyReason::SessionUnknown);
+                    if refused
+                        .as_ref()
+                        .is_none_or(|r| unknown(r) && !unknown(&refusal))
+                    {
+                        refused = Some(refusal);
+                    }
+                }
+            }
+        }
+        Err(refused.unwrap_or_else(|| {
+            Denial::of(
+                Scheme::Session,
+                DenyReason::SessionUnknown,
+                "no session cookie",
+            )
+            .into()
+        }))
     }
 
     /// Checks a session id; on success moves the idle deadline (writing the store at most
@@ -286,9 +346,12 @@ impl Sessions {
             .unwrap_or_else(|_| HeaderValue::from_static("portcullis_session=; Max-Age=0"))
     }
 
-    /// Removes our cookie from a `Cookie` header so the upstream never sees the session id.
+    /// Removes our cookies from a `Cookie` header so the upstream never sees a session id.
     pub fn strip_cookie(&self, headers: &mut HeaderMap) {
         strip_cookie(headers, &self.cookie_name);
+        if self.bare_name != self.cookie_name {
+            strip_cookie(headers, &self.bare_name);
+        }
     }
 }
 
@@ -311,16 +374,25 @@ fn well_formed_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Finds a cookie by name in the request's `Cookie` headers (RFC 6265 §5.4 pairs).
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The values of the cookies named `name` in the request's `Cookie` headers, in the order sent
+/// (RFC 6265 §5.4 pairs).
+pub fn cookie_values<'a, 'n>(
+    headers: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
+        .filter(move |(n, _)| *n == name)
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Finds the first cookie by name in the request's `Cookie` headers.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_values(headers, name).next()
 }
 
 /// Drops `name` from every `Cookie` header, removing headers left empty.

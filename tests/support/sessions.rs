@@ -6,6 +6,9 @@ use super::*;
 /// The default session cookie name.
 pub const SESSION_COOKIE: &str = "portcullis_session";
 
+/// The session cookie's name when `cookie_secure` (the default) and no `cookie_domain`.
+pub const HOST_COOKIE: &str = "__Host-portcullis_session";
+
 /// Routes of the session tests:
 /// - `/` accepts a session or Basic (realm "Main"),
 /// - `/app` accepts only a session (realm "App"),
