@@ -363,16 +363,22 @@ async fn concurrent_guesses_never_exceed_max_failures() {
     eprintln!(
         "29 concurrent wrong guesses then the right one, max_failures=10: {verified} verified, {refused} refused; the right one got {right}"
     );
-    assert_eq!(verified + refused, 29, "{wrong:?}");
-    assert_eq!(verified, 10, "{wrong:?}");
-    assert_eq!(
-        right, 429,
-        "the right password was confirmed after ten failures"
-    );
-    // Locked now, the right password included.
-    let (response, _) = attempt(&proxy, "/home/after", guesser, "alice", ALICE_PW).await;
-    assert_rate_limited(&proxy, &response, 60).await;
-    assert!(upstream.requests().is_empty());
+    // A check no hashing thread took within 2 s (a machine loaded far past what the proxy
+    // was given) is answered 503 and gives its slot back unverified.
+    let overloaded = wrong.iter().filter(|s| **s == 503).count();
+    assert_eq!(verified + refused + overloaded, 29, "{wrong:?}");
+    assert!(verified <= 10, "more than max_failures verified: {wrong:?}");
+    if overloaded == 0 {
+        assert_eq!(verified, 10, "{wrong:?}");
+        assert_eq!(
+            right, 429,
+            "the right password was confirmed after ten failures"
+        );
+        // Locked now, the right password included.
+        let (response, _) = attempt(&proxy, "/home/after", guesser, "alice", ALICE_PW).await;
+        assert_rate_limited(&proxy, &response, 60).await;
+        assert!(upstream.requests().is_empty());
+    }
 }
 
 /// A success gives its slot back and resets nothing; the lockout begins at the
