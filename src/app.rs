@@ -229,17 +229,17 @@ impl App {
     ) -> Result<Response<Logged<Body>>, Infallible> {
         let runtime = self.runtime.load_full();
         let config = &runtime.config;
-        let (client, peer_trusted) = client_ip(
+        let client = client_ip(
             conn.peer.ip(),
             request.headers(),
             &config.server.trusted_proxies,
         );
-        let request_id = request_id(request.headers(), peer_trusted);
+        let request_id = request_id(request.headers(), client.peer_trusted);
         let format = Format::from_headers(request.headers());
         let record = AccessRecord {
             started: Instant::now(),
             request_id: request_id.to_str().unwrap_or_default().to_string(),
-            client_ip: client,
+            client_ip: client.ip,
             method: request.method().clone(),
             path: String::new(),
             route: None,
@@ -263,7 +263,8 @@ impl App {
         };
         let ctx = RequestContext {
             peer: canonical_ip(conn.peer.ip()),
-            peer_trusted,
+            peer_trusted: client.peer_trusted,
+            unreadable_client: client.unreadable,
             tls: conn.tls,
         };
         let outcome = self.process(&runtime, request, &ctx, &mut exchange).await;
@@ -365,6 +366,16 @@ impl App {
         if let Err(denial) = request_shape(&request) {
             exchange.close_connection = true;
             return Err(denial.into());
+        }
+        // Read as the proxy's own address, such an entry would make every client behind it
+        // one client (one lockout for all); there is no other address to use.
+        if ctx.unreadable_client {
+            return Err(Denial::new(
+                DenyReason::MalformedRequest,
+                "X-Forwarded-For (or Forwarded) from a trusted proxy names no readable client \
+                 address",
+            )
+            .into());
         }
         // HTTP/1 requests must be in origin form; HTTP/2 always carries scheme and authority.
         if request.version() < Version::HTTP_2
@@ -582,6 +593,8 @@ struct RequestContext {
     /// client address a trusted peer reported is already in the chain before it).
     peer: std::net::IpAddr,
     peer_trusted: bool,
+    /// The trusted proxies' chain ended on an entry that is not an address (see `client_ip`).
+    unreadable_client: bool,
     tls: bool,
 }
 

@@ -323,3 +323,62 @@ async fn a_method_override_header_cannot_carry_a_refused_method() {
         .await;
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+// ---------------------------------------------------------------------------------------------
+// X-Forwarded-For from a trusted proxy
+// ---------------------------------------------------------------------------------------------
+
+/// A load balancer that writes `ip:port` (or `[v6]:port`) into `X-Forwarded-For`: each client
+/// behind it keeps its own address, so ten failures from one never lock the others out. An
+/// entry that cannot be read is refused (400 `malformed_request`), never read as the load
+/// balancer's own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_with_ports_keep_clients_apart() {
+    let upstream = Upstream::start().await;
+    let proxy = limited(
+        &upstream,
+        true,
+        "max_failures = 10\nwindow = \"60s\"\nlockout = \"60s\"",
+    )
+    .start()
+    .await;
+    let attacker = "203.0.113.9:5555";
+    for _ in 0..10 {
+        let (response, _) = attempt(&proxy, "/home/x", attacker, "mallory", WRONG_PW).await;
+        assert_eq!(response.status, 401, "{}", response.text());
+        let event = proxy.access_of(&response).await;
+        assert_eq!(event["client_ip"], "203.0.113.9", "{event}");
+    }
+    let (response, _) = attempt(&proxy, "/home/x", attacker, "bob", BOB_PW).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+
+    // Another client behind the same load balancer, with a port and over IPv6 too.
+    for (neighbour, logged) in [
+        ("198.51.100.7:4444", "198.51.100.7"),
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("2001:db8::8", "2001:db8::8"),
+        ("192.0.2.1, 198.51.100.8:80", "198.51.100.8"),
+    ] {
+        let (response, _) = attempt(&proxy, "/home/x", neighbour, "bob", BOB_PW).await;
+        assert_eq!(response.status, 200, "{neighbour}: {}", response.text());
+        let event = proxy.access_of(&response).await;
+        assert_eq!(event["client_ip"], logged, "{event}");
+    }
+
+    // Unreadable entries where the trusted chain ends: refused, nothing forwarded.
+    let forwarded_before = upstream.requests().len();
+    for unreadable in [
+        "unknown",
+        "_hidden",
+        "203.0.113.9:port",
+        "[2001:db8::7",
+        "1.2.3",
+    ] {
+        let (response, _) = attempt(&proxy, "/home/x", unreadable, "bob", BOB_PW).await;
+        assert_proxy_made(&proxy, &response, 400, "deny", "malformed_request").await;
+    }
+    assert_eq!(upstream.requests().len(), forwarded_before);
+    // Junk a client put left of its own (readable) address is not our business.
+    let (response, _) = attempt(&proxy, "/home/x", "junk, 198.51.100.9:1", "bob", BOB_PW).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}
