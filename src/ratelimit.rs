@@ -83,6 +83,12 @@ pub struct AttemptKeys<'a> {
     /// The browser carries a valid known-device cookie for `user`: the user's lockout does
     /// not apply to it (its address's does), and its failures count against its address only.
     pub known_device: bool,
+    /// The same credential is already verified (cached) or being verified by another
+    /// request: this attempt shares that check, so it takes no slot of its own (identical
+    /// attempts under way are one guess, and 200 concurrent requests of one signed-in client
+    /// must not fill the window). It is still refused while locked or while the window is
+    /// full, and if it fails its failure counts.
+    pub joins_a_check: bool,
 }
 
 /// An admitted password attempt holding a slot in each of its keys. Report its result with
@@ -103,6 +109,11 @@ enum Held {
     Nothing,
     Local,
     Redis {
+        token: String,
+    },
+    /// Admitted without a slot (it joins a check): only a failure is recorded.
+    LocalJoined,
+    RedisJoined {
         token: String,
     },
 }
@@ -126,6 +137,7 @@ impl FailureLimiter {
     pub async fn admit(&self, keys: AttemptKeys<'_>) -> Result<Attempt<'_>, Refusal> {
         let ip = client_key(keys.ip);
         let counted_user = (!keys.known_device).then_some(keys.user);
+        let take_slot = !keys.joins_a_check;
         let mut attempt = Attempt {
             limiter: self,
             ip,
@@ -140,12 +152,16 @@ impl FailureLimiter {
             let user_hex = counted_user.map(|u| hex::encode(Sha256::digest(u.as_bytes())));
             let token = format!("{:032x}", rand::thread_rng().gen::<u128>());
             match redis
-                .admit(&self.rules, ip, user_hex.as_deref(), &token)
+                .admit(&self.rules, ip, user_hex.as_deref(), &token, take_slot)
                 .await
             {
                 Ok(Ok(())) => {
                     attempt.redis_user = user_hex;
-                    attempt.held = Held::Redis { token };
+                    attempt.held = if take_slot {
+                        Held::Redis { token }
+                    } else {
+                        Held::RedisJoined { token }
+                    };
                     return Ok(attempt);
                 }
                 Ok(Err(refused)) => return Err(refusal(refused, counted_user.is_some())),
@@ -154,9 +170,13 @@ impl FailureLimiter {
             }
         }
         self.local
-            .admit(&self.rules, ip, attempt.user, Instant::now())
+            .admit(&self.rules, ip, attempt.user, Instant::now(), take_slot)
             .map_err(|refused| refusal(refused, counted_user.is_some()))?;
-        attempt.held = Held::Local;
+        attempt.held = if take_slot {
+            Held::Local
+        } else {
+            Held::LocalJoined
+        };
         Ok(attempt)
     }
 
@@ -236,12 +256,24 @@ impl Attempt<'_> {
         let limiter = self.limiter;
         match std::mem::replace(&mut self.held, Held::Nothing) {
             Held::Nothing => {}
+            Held::LocalJoined => {
+                if failed {
+                    limiter.local.record_failure(
+                        &limiter.rules,
+                        self.ip,
+                        self.user,
+                        Instant::now(),
+                    );
+                }
+            }
             Held::Local => {
                 limiter
                     .local
                     .settle(&limiter.rules, self.ip, self.user, failed, Instant::now());
             }
-            Held::Redis { token } => {
+            Held::RedisJoined { .. } if !failed => {}
+            // Settling a token that holds no pending slot only records the failure.
+            Held::Redis { token } | Held::RedisJoined { token } => {
                 let Some(redis) = limiter.redis.clone() else {
                     return;
                 };
@@ -277,7 +309,7 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.held, Held::Nothing) {
-            Held::Nothing => {}
+            Held::Nothing | Held::LocalJoined | Held::RedisJoined { .. } => {}
             Held::Local => self.limiter.local.settle(
                 &self.limiter.rules,
                 self.ip,
@@ -486,7 +518,14 @@ impl MemoryCounters {
         }
     }
 
-    fn admit(&self, rules: &Rules, ip: IpAddr, user: Option<UserKey>, now: Instant) -> Verdict {
+    fn admit(
+        &self,
+        rules: &Rules,
+        ip: IpAddr,
+        user: Option<UserKey>,
+        now: Instant,
+        take_slot: bool,
+    ) -> Verdict {
         let mut tables = self.tables.lock();
         let ip_verdict = tables.ips.verdict(rules, &ip, now);
         let user_verdict = match &user {
@@ -494,6 +533,7 @@ impl MemoryCounters {
             None => Ok(()),
         };
         match (ip_verdict, user_verdict) {
+            (Ok(()), Ok(())) if !take_slot => Ok(()),
             (Ok(()), Ok(())) => {
                 tables.ips.take(ip);
                 if let Some(user) = user {
@@ -563,8 +603,10 @@ if used >= tonumber(ARGV[2]) then
   if oldest[2] then frees = tonumber(oldest[2]) + window - now end
   return {2, frees}
 end
-redis.call('ZADD', KEYS[2], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 return {0, 0}
 ";
 
@@ -628,6 +670,7 @@ impl RedisCounters {
         ip: IpAddr,
         user_hex: Option<&str>,
         token: &str,
+        take_slot: bool,
     ) -> Result<Verdict, ()> {
         let keys = counted_keys(ip, user_hex);
         let mut pipe = redis::pipe();
@@ -641,7 +684,8 @@ impl RedisCounters {
                 .arg(millis(rules.window))
                 .arg(rules.max_failures)
                 .arg(millis(PENDING_TTL))
-                .arg(token);
+                .arg(token)
+                .arg(if take_slot { "1" } else { "0" });
         }
         let answers: Vec<(i64, i64)> = self.run(&pipe).await?;
         let verdicts: Vec<Verdict> = answers
@@ -822,6 +866,7 @@ mod tests {
             ip,
             user,
             known_device: false,
+            joins_a_check: false,
         }
     }
 
@@ -894,6 +939,40 @@ mod tests {
         assert!(limiter.admit(keys(ip(1), "alice")).await.is_ok());
     }
 
+    /// Attempts that join a check already cached or under way take no slot (200 concurrent
+    /// requests of one signed-in client are one guess), are refused while the window is
+    /// full, and their failures still count.
+    #[tokio::test]
+    async fn attempts_joining_a_check_take_no_slot_but_their_failures_count() {
+        let limiter = FailureLimiter::new(&config(3, 300), None);
+        let joined = |ip| AttemptKeys {
+            joins_a_check: true,
+            ..keys(ip, "alice")
+        };
+        let leader = limiter.admit(keys(ip(1), "alice")).await.unwrap();
+        let followers: Vec<_> =
+            futures_util::future::join_all((0..50).map(|_| limiter.admit(joined(ip(1)))))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        for follower in followers {
+            follower.succeeded().await;
+        }
+        leader.succeeded().await;
+        // Two joined failures and one of its own fill the window of three.
+        limiter.admit(joined(ip(1))).await.unwrap().failed().await;
+        limiter.admit(joined(ip(1))).await.unwrap().failed().await;
+        limiter
+            .admit(keys(ip(1), "alice"))
+            .await
+            .unwrap()
+            .failed()
+            .await;
+        let refused = limiter.admit(joined(ip(1))).await.err().unwrap();
+        assert_eq!(reason(refused), "rate_limited");
+    }
+
     #[test]
     fn the_window_slides() {
         let rules = rules(3, 10, 1);
@@ -901,30 +980,30 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         for s in [0, 4, 8] {
-            assert_eq!(counters.admit(&rules, ip(1), None, at(s)), Ok(()));
+            assert_eq!(counters.admit(&rules, ip(1), None, at(s), true), Ok(()));
             counters.settle(&rules, ip(1), None, true, at(s));
         }
         // Locked for a second, then the window is still full until the first failure is 10s old.
         assert!(matches!(
-            counters.admit(&rules, ip(1), None, at(8)),
+            counters.admit(&rules, ip(1), None, at(8), true),
             Err(Refused::Locked(_))
         ));
         assert_eq!(
-            counters.admit(&rules, ip(1), None, at(9)),
+            counters.admit(&rules, ip(1), None, at(9), true),
             Err(Refused::WindowFull(Duration::from_secs(1)))
         );
-        assert_eq!(counters.admit(&rules, ip(1), None, at(10)), Ok(()));
+        assert_eq!(counters.admit(&rules, ip(1), None, at(10), true), Ok(()));
         counters.settle(&rules, ip(1), None, true, at(10));
         assert!(matches!(
-            counters.admit(&rules, ip(1), None, at(10)),
+            counters.admit(&rules, ip(1), None, at(10), true),
             Err(Refused::Locked(_))
         ));
         // Never more than three failures in any ten-second span.
         assert!(matches!(
-            counters.admit(&rules, ip(1), None, at(13)),
+            counters.admit(&rules, ip(1), None, at(13), true),
             Err(Refused::WindowFull(_))
         ));
-        assert_eq!(counters.admit(&rules, ip(1), None, at(14)), Ok(()));
+        assert_eq!(counters.admit(&rules, ip(1), None, at(14), true), Ok(()));
     }
 
     #[test]
@@ -1042,16 +1121,19 @@ mod tests {
         let counters = MemoryCounters::new();
         let t0 = Instant::now();
         for n in 0..MAX_TRACKED as u32 {
-            assert_eq!(counters.admit(&rules, ip(n), None, t0), Ok(()));
+            assert_eq!(counters.admit(&rules, ip(n), None, t0, true), Ok(()));
             counters.settle(&rules, ip(n), None, true, t0);
         }
         assert_eq!(
-            counters.admit(&rules, ip(u32::MAX), None, t0),
+            counters.admit(&rules, ip(u32::MAX), None, t0, true),
             Err(Refused::TableFull)
         );
         // Once those failures have left the window, their keys make room.
         let later = t0 + Duration::from_secs(11);
-        assert_eq!(counters.admit(&rules, ip(u32::MAX), None, later), Ok(()));
+        assert_eq!(
+            counters.admit(&rules, ip(u32::MAX), None, later, true),
+            Ok(())
+        );
         assert_eq!(counters.tables.lock().ips.slots.len(), 1);
     }
 
@@ -1062,7 +1144,7 @@ mod tests {
         let now = Instant::now();
         for n in 0..1000 {
             assert_eq!(
-                counters.admit(&rules, ip(n), Some(user_key("alice")), now),
+                counters.admit(&rules, ip(n), Some(user_key("alice")), now, true),
                 Ok(())
             );
             counters.settle(&rules, ip(n), Some(user_key("alice")), false, now);

@@ -124,6 +124,16 @@ impl PasswordVerifier {
         }
     }
 
+    /// Whether this credential is verified already (cached) or being verified by another
+    /// request, so that an attempt with it adds no guess of its own.
+    pub fn shares_a_check(&self, users: &UserDb, user: &str, password: &str) -> bool {
+        let tag = match users.get(user) {
+            Some(record) => self.cache.tag(&record.name, &record.hash, password),
+            None => self.cache.tag(user, users.dummy(), password),
+        };
+        self.cache.contains(&tag) || self.in_flight.lock().contains_key(&tag)
+    }
+
     /// Runs one verification per tag at a time; later callers with the same tag wait for it.
     async fn shared_check(
         &self,

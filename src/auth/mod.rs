@@ -169,7 +169,8 @@ impl AuthContext<'_> {
     /// A password check (Basic or the login form) behind the brute-force limits: the attempt
     /// is admitted (a slot taken for the client and the user) before any hashing and before
     /// the verified-credential cache, so a locked-out guesser never learns whether a guess
-    /// was right; a wrong password or unknown user keeps the slots as failures.
+    /// was right; a wrong password or unknown user keeps the slots as failures. A credential
+    /// already cached or being verified joins that check without a slot of its own.
     pub async fn check_password(&self, user: &str, password: &str) -> Result<Arc<User>, Refusal> {
         let attempt = self
             .limiter
@@ -177,6 +178,9 @@ impl AuthContext<'_> {
                 ip: self.client_ip,
                 user,
                 known_device: false,
+                joins_a_check: self
+                    .verifier
+                    .shares_a_check(&self.config.users, user, password),
             })
             .await?;
         let result = self
