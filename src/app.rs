@@ -613,6 +613,10 @@ fn framing_refusal(finding: FramingFinding) -> Denial {
             DenyReason::AmbiguousPath,
             "request target has a fragment (#)",
         ),
+        FramingFinding::BareLineFeed => Denial::new(
+            DenyReason::MalformedRequest,
+            "the previous request's chunked trailers had a line ending in a bare line feed",
+        ),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum FramingFinding {
     UnreadableLength,
     /// A `#` in the request target (hyper drops the fragment before the handler sees it).
     Fragment,
+    /// The previous request's chunked trailers had a line ending in a bare LF: hyper and the
+    /// watch end them in different places, so this request may not be where hyper reads it.
+    BareLineFeed,
 }
 
 impl FramingFinding {
@@ -40,6 +43,7 @@ impl FramingFinding {
             FramingFinding::ConflictingFraming => 1,
             FramingFinding::UnreadableLength => 2,
             FramingFinding::Fragment => 3,
+            FramingFinding::BareLineFeed => 4,
         }
     }
 
@@ -48,6 +52,7 @@ impl FramingFinding {
             1 => Some(FramingFinding::ConflictingFraming),
             2 => Some(FramingFinding::UnreadableLength),
             3 => Some(FramingFinding::Fragment),
+            4 => Some(FramingFinding::BareLineFeed),
             _ => None,
         }
     }
@@ -238,6 +243,8 @@ struct Scanner {
     line: Vec<u8>,
     /// The whole length of the current, unfinished line.
     line_len: usize,
+    /// The last byte kept of the current, unfinished line was a CR.
+    line_ends_cr: bool,
 }
 
 impl Default for Scanner {
@@ -248,6 +255,7 @@ impl Default for Scanner {
             heads_seen: 0,
             line: Vec::new(),
             line_len: 0,
+            line_ends_cr: false,
         }
     }
 }
@@ -289,15 +297,18 @@ impl Scanner {
                     bytes = &bytes[end + 1..];
                     if self.line.is_empty() && self.line_len == 0 {
                         // The whole line is in this read: no copy.
-                        self.on_line(visible(piece), piece.len() > LINE_KEEP, flags);
+                        let bare_lf = !piece.ends_with(b"\r");
+                        self.on_line(visible(piece), piece.len() > LINE_KEEP, bare_lf, flags);
                     } else {
                         self.keep(piece);
                         let truncated = self.line_len > LINE_KEEP;
+                        let bare_lf = !self.line_ends_cr;
                         let carried = std::mem::take(&mut self.line);
-                        self.on_line(visible(&carried), truncated, flags);
+                        self.on_line(visible(&carried), truncated, bare_lf, flags);
                         self.line = carried;
                         self.line.clear();
                         self.line_len = 0;
+                        self.line_ends_cr = false;
                     }
                 }
             }
@@ -308,11 +319,22 @@ impl Scanner {
         let room = LINE_KEEP.saturating_sub(self.line.len());
         self.line.extend_from_slice(&part[..part.len().min(room)]);
         self.line_len = self.line_len.saturating_add(part.len());
+        if let Some(last) = part.last() {
+            self.line_ends_cr = *last == b'\r';
+        }
     }
 
-    /// `truncated`: the line was longer than the `LINE_KEEP` bytes in `line`.
-    fn on_line(&mut self, line: &[u8], truncated: bool, flags: &FramingFlags) {
+    /// `truncated`: the line was longer than the `LINE_KEEP` bytes in `line`; `bare_lf`: it
+    /// ended in LF alone.
+    fn on_line(&mut self, line: &[u8], truncated: bool, bare_lf: bool, flags: &FramingFlags) {
         self.state = match self.state {
+            // hyper ends trailers only at CRLF CRLF: past a bare LF the watch cannot tell
+            // where hyper's next request starts, so that request is refused (and the
+            // connection closed after it) whatever it looks like.
+            State::Trailers if bare_lf => {
+                flags.record(self.heads_seen + 1, FramingFinding::BareLineFeed);
+                State::Done
+            }
             State::Head => self.on_head_line(line, truncated, flags),
             State::ChunkSize => match chunk_size(line) {
                 Some(0) => State::Trailers,
@@ -541,6 +563,22 @@ mod tests {
             assert_eq!(scan(stream, step), whole, "split every {step} bytes");
         }
         whole
+    }
+
+    /// hyper ends chunked trailers only at CRLF CRLF; a trailer line ending in a bare LF
+    /// would end them here a line early (found by the framing_differential fuzz target), so
+    /// from there the watch cannot follow: the next request is flagged.
+    #[test]
+    fn a_bare_line_feed_in_trailers_flags_the_next_request() {
+        let stream = "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      0\r\nX-Trailer: 1\n\r\n\
+                      GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (flagged, finding, _, state) = scan_all_splits(stream);
+        assert_eq!((flagged, finding), (2, Some(FramingFinding::BareLineFeed)));
+        assert_eq!(state, State::Done);
+        // With CRLF everywhere nothing is flagged.
+        let clean = stream.replace("1\n", "1\r\n");
+        assert_eq!(scan_all_splits(clean).1, None);
     }
 
     #[test]
