@@ -524,6 +524,20 @@ pub fn trace(bytes: &[u8]) -> Vec<TracedHead> {
             current.end = Some(offset + 1);
             line_start = offset + 1;
         }
+        // A finding for the head after this one (the watch cannot follow past here): the
+        // next request, wherever hyper reads it, is refused and the connection closed.
+        if current.end.is_none() && flags.flagged.load(Ordering::Relaxed) == number + 1 {
+            current.end = Some(offset + 1);
+            let finding = FramingFinding::from_code(flags.finding.load(Ordering::Relaxed));
+            heads.push(TracedHead {
+                request_line: Vec::new(),
+                head_end: offset + 1,
+                body_len: 0,
+                end: None,
+                finding,
+            });
+            break;
+        }
     }
     // A head whose empty line never came is no head.
     heads.retain(|h| h.head_end != 0);
