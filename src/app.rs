@@ -152,6 +152,8 @@ impl App {
         self.metrics
             .failure_counting_local
             .set(i64::from(self.limiter.counting_locally()));
+        self.metrics
+            .sync_log_lines_dropped(crate::telemetry::log_lines_dropped());
         self.metrics.render()
     }
 

@@ -807,6 +807,8 @@ async fn metrics_count_a_known_mix_of_requests_exactly() {
         "portcullis_requests_total{route=\"/public\",status=\"2xx\"}",
         3.0,
     );
+    // Every access line was written: none dropped (SPEC §5 counts drops here).
+    assert_metric(&text, "portcullis_log_lines_dropped_total", 0.0);
     assert_metric(
         &text,
         "portcullis_requests_total{route=\"/admin\",status=\"2xx\"}",

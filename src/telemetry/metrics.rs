@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client), served as text on the admin listener.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -74,6 +75,8 @@ pub struct Metrics {
     pub failure_counting_local: Gauge,
     /// Password hashes computed (coalesced and cached checks are not counted).
     pub password_verifications: Counter,
+    /// Log lines dropped because stdout could not keep up.
+    pub log_lines_dropped: Counter,
     /// Handles on `requests` counters by route and status class (see `request_counter`).
     request_cache: RwLock<HashMap<Box<str>, ClassCounters>>,
 }
@@ -165,8 +168,15 @@ impl Default for Metrics {
              attempts under way together share one; remembered successes cost none)",
             password_verifications.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stdout could not keep up (a request never waits on the log)",
+            log_lines_dropped.clone(),
+        );
         Metrics {
             registry,
+            log_lines_dropped,
             password_verifications,
             requests,
             denials,
@@ -184,6 +194,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Brings `log_lines_dropped` up to `total`, the process's count so far (the counter
+    /// only rises, however scrapes interleave).
+    pub fn sync_log_lines_dropped(&self, total: u64) {
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(total, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -18,6 +18,20 @@ const LOG_BUFFER_BYTES: usize = 64 * 1024;
 /// formatted by `access.rs` itself and buffered here (see `AccessRecord::emit`).
 static ACCESS_LOG: OnceLock<batch::AccessLog> = OnceLock::new();
 
+/// Counts the other log lines (warnings, errors) dropped because their queue was full.
+static OTHER_LINES_DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    OnceLock::new();
+
+/// Log lines dropped so far because stdout could not keep up (SPEC §5: dropped rather than
+/// blocking a request, and counted in `portcullis_log_lines_dropped_total`).
+pub fn log_lines_dropped() -> u64 {
+    let access = access_log().map_or(0, batch::AccessLog::dropped);
+    let other = OTHER_LINES_DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64);
+    access + other
+}
+
 /// The access log writer, once logging is initialised with the JSON format.
 fn access_log() -> Option<&'static batch::AccessLog> {
     ACCESS_LOG.get()
@@ -67,9 +81,11 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
     // a buffer, a busy proxy writes many lines per syscall instead of one each (stdout's own
     // line buffering would make a write per line).
     let stdout = std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stdout());
+    // Lossy: a full queue drops the line (counted) rather than blocking the request that logs.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
+        .lossy(true)
         .finish(stdout);
+    let _ = OTHER_LINES_DROPPED.set(writer.error_counter());
     if format == LogFormat::Json && ACCESS_LOG.get().is_none() {
         match batch::AccessLog::start() {
             Ok(access) => {
