@@ -300,6 +300,7 @@ impl App {
                 DenyReason::SessionUnknown => Some(None),
                 DenyReason::SessionIdleTimeout => Some(Some(EndedNotice::Idle)),
                 DenyReason::SessionAbsoluteTimeout => Some(Some(EndedNotice::Absolute)),
+                DenyReason::SessionRevoked => Some(Some(EndedNotice::Revoked)),
                 DenyReason::MissingCredentials => Some(None),
                 _ => None,
             },

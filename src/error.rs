@@ -40,6 +40,9 @@ pub enum DenyReason {
     SessionIdleTimeout,
     /// A session older than the absolute timeout.
     SessionAbsoluteTimeout,
+    /// A session ended by the proxy before its time: its user's password changed or the user
+    /// was removed in a reload, or a newer login pushed it past `session.max_per_user`.
+    SessionRevoked,
     /// Authenticated, but not in the route's allow lists.
     UserNotAllowed,
     /// A bearer caller without every scope the route needs.
@@ -79,6 +82,7 @@ impl DenyReason {
             DenyReason::SessionUnknown => "session_unknown",
             DenyReason::SessionIdleTimeout => "session_idle_timeout",
             DenyReason::SessionAbsoluteTimeout => "session_absolute_timeout",
+            DenyReason::SessionRevoked => "session_revoked",
             DenyReason::UserNotAllowed => "user_not_allowed",
             DenyReason::InsufficientScope => "insufficient_scope",
             DenyReason::MethodNotAllowed => "method_not_allowed",
@@ -278,7 +282,8 @@ fn deny_status(denial: &Denial) -> StatusCode {
         | DenyReason::WrongTokenType
         | DenyReason::SessionUnknown
         | DenyReason::SessionIdleTimeout
-        | DenyReason::SessionAbsoluteTimeout => StatusCode::UNAUTHORIZED,
+        | DenyReason::SessionAbsoluteTimeout
+        | DenyReason::SessionRevoked => StatusCode::UNAUTHORIZED,
         // RFC 7617 has no error parameter, so a broken Basic credential is just not accepted;
         // RFC 6750 calls a broken bearer request `invalid_request` (400), and two
         // Authorization headers (no scheme) are a malformed request whatever the route.

@@ -11,6 +11,8 @@ pub enum EndedNotice {
     Idle,
     /// The session reached its maximum lifetime.
     Absolute,
+    /// The proxy ended the session because the account changed.
+    Revoked,
 }
 
 impl EndedNotice {
@@ -19,6 +21,7 @@ impl EndedNotice {
         match self {
             EndedNotice::Idle => "idle",
             EndedNotice::Absolute => "absolute",
+            EndedNotice::Revoked => "revoked",
         }
     }
 
@@ -27,6 +30,7 @@ impl EndedNotice {
         match value {
             "idle" => Some(EndedNotice::Idle),
             "absolute" => Some(EndedNotice::Absolute),
+            "revoked" => Some(EndedNotice::Revoked),
             _ => None,
         }
     }
@@ -54,6 +58,7 @@ impl LoginPage<'_> {
         match self.ended {
             Some(EndedNotice::Idle) => pages::idle_ended(self.idle),
             Some(EndedNotice::Absolute) => pages::absolute_ended(self.absolute),
+            Some(EndedNotice::Revoked) => pages::REVOKED.to_string(),
             None => String::new(),
         }
     }
@@ -102,5 +107,23 @@ mod tests {
         assert!(html.contains("&lt;T&gt;"));
         assert!(html.contains("after 1 minute of inactivity"));
         assert!(html.contains("<label for=\"password\">"));
+    }
+
+    #[test]
+    fn a_revoked_session_is_told_the_account_changed() {
+        assert_eq!(
+            EndedNotice::from_query(EndedNotice::Revoked.as_query()),
+            Some(EndedNotice::Revoked)
+        );
+        let page = LoginPage {
+            next: "/",
+            error: None,
+            ended: Some(EndedNotice::Revoked),
+            idle: Duration::from_secs(60),
+            absolute: Duration::from_secs(3600),
+            request_id: "r1",
+        };
+        let html = page.render(&Pages::built_in("T"), 200);
+        assert!(html.contains("because your account changed"), "{html}");
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use wording::{
     absolute_ended, describe, idle_ended, plain_duration, Described, Facts, CREDENTIALS_REFUSED,
-    SESSION_ENDED,
+    REVOKED, SESSION_ENDED,
 };
 
 /// Every page the proxy can show, by the template that renders it.

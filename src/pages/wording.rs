@@ -116,6 +116,7 @@ fn describe_denial(reason: DenyReason, retry_after: Option<u64>, facts: &Facts<'
             SESSION_ENDED,
             absolute_ended(facts.absolute),
         ),
+        DenyReason::SessionRevoked => said(Page::SessionEnded, SESSION_ENDED, REVOKED),
         DenyReason::SessionUnknown => said(
             Page::SessionEnded,
             SESSION_ENDED,
@@ -173,6 +174,10 @@ pub fn idle_ended(idle: Duration) -> String {
         plain_duration(idle)
     )
 }
+
+/// The sentence for a session the proxy ended before its time.
+pub const REVOKED: &str = "Your session was ended because your account changed \
+     (its password was changed, or it was removed). Sign in again to continue.";
 
 /// The sentence for a session that reached its maximum lifetime.
 pub fn absolute_ended(absolute: Duration) -> String {
@@ -251,6 +256,11 @@ mod tests {
             &facts(),
         );
         assert!(absolute.message.contains("maximum of 12 hours"));
+        let revoked = describe(
+            &Denial::new(DenyReason::SessionRevoked, "x").into(),
+            &facts(),
+        );
+        assert!(revoked.message.contains("because your account changed"));
         let forbidden = describe(
             &Denial::new(DenyReason::UserNotAllowed, "x").into(),
             &facts(),

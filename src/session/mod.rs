@@ -49,6 +49,8 @@ pub enum EndReason {
     Idle,
     /// Older than the absolute timeout.
     Absolute,
+    /// Ended by the proxy: the user's password changed or the user was removed.
+    Revoked,
 }
 
 impl EndReason {
@@ -57,6 +59,7 @@ impl EndReason {
         match self {
             EndReason::Idle => "idle",
             EndReason::Absolute => "absolute",
+            EndReason::Revoked => "revoked",
         }
     }
 
@@ -65,6 +68,7 @@ impl EndReason {
         match code {
             "idle" => Some(EndReason::Idle),
             "absolute" => Some(EndReason::Absolute),
+            "revoked" => Some(EndReason::Revoked),
             _ => None,
         }
     }
@@ -280,6 +284,11 @@ impl Sessions {
                     "the session reached its absolute lifetime of {}",
                     crate::config::HumanDuration(self.absolute)
                 ),
+            ),
+            EndReason::Revoked => Denial::of(
+                Scheme::Session,
+                DenyReason::SessionRevoked,
+                "the session was ended because its user's password changed or the user was removed",
             ),
         }
     }

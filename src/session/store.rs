@@ -163,6 +163,7 @@ fn end_code(reason: EndReason) -> u8 {
     match reason {
         EndReason::Idle => 1,
         EndReason::Absolute => 2,
+        EndReason::Revoked => 3,
     }
 }
 
@@ -170,6 +171,7 @@ fn end_reason(code: u8) -> Option<EndReason> {
     match code {
         1 => Some(EndReason::Idle),
         2 => Some(EndReason::Absolute),
+        3 => Some(EndReason::Revoked),
         _ => None,
     }
 }
