@@ -237,10 +237,11 @@ fn credential_checks(c: &mut Criterion) {
     });
 
     let sessions = Sessions::new(&config.session).unwrap();
+    let alice = config.users.get("alice").expect("bench user alice");
     let ids: Vec<String> = rt.block_on(async {
         let mut ids = Vec::with_capacity(100_000);
         for _ in 0..100_000 {
-            ids.push(sessions.create("alice").await.unwrap());
+            ids.push(sessions.create(alice).await.unwrap());
         }
         ids
     });
@@ -248,7 +249,8 @@ fn credential_checks(c: &mut Criterion) {
     group.bench_function("session cookie, memory store (100k sessions)", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            rt.block_on(sessions.check(black_box(&ids[i]))).unwrap()
+            rt.block_on(sessions.check(black_box(&ids[i]), &config))
+                .unwrap()
         })
     });
     group.finish();

@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
-use crate::auth::{self, AuthContext, Identity, PasswordVerifier};
+use crate::auth::{self, AuthContext, Identity, PasswordVerifier, Principal};
 use crate::config::types::canonical_ip;
 use crate::config::{Config, Route, Scheme};
 use crate::error::{Denial, DenyReason, FailReason, Refusal};
@@ -203,6 +203,16 @@ impl App {
         let old = self.runtime.load_full();
         for change in crate::config::diff(&old.config, &config) {
             tracing::info!(change = %change, "config change");
+        }
+        let revoked = crate::config::revoked_users(&old.config, &config);
+        if !revoked.is_empty() {
+            // Each session is ended when it is next used (on any instance with this config),
+            // not here: the store has no index of sessions by user to sweep.
+            tracing::info!(
+                users = %revoked.join(", "),
+                "reload: sessions of {} users will be revoked",
+                revoked.len()
+            );
         }
         self.runtime.store(Arc::new(Runtime::new(config)));
         self.metrics
@@ -488,7 +498,10 @@ impl App {
         }
         // The Basic credentials were good: a store outage costs the browser its session
         // cookie, not this request (Basic keeps working without the store, SPEC §4).
-        match self.sessions.create(identity.user()).await {
+        let Principal::User(user) = &identity.principal else {
+            return;
+        };
+        match self.sessions.create(user).await {
             Ok(id) => exchange.set_cookie = Some(self.sessions.set_cookie(&id)),
             Err(err) => tracing::warn!(
                 request_id = %exchange.record.request_id,

@@ -1426,3 +1426,119 @@ async fn every_request_after_an_end_is_told_why_in_a_browser_that_expires_cookie
     let proxy = Proxy::start(&upstream, &body(ENDS_SESSION_LINES)).await;
     ended_sessions_are_told_why(&proxy).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocation on reload
+// ---------------------------------------------------------------------------------------------
+
+const ALICE_ROTATED_PW: &str = "alice-rotated-password-3390";
+
+/// Rewrites the proxy's config with `body`, sends SIGHUP and waits until the reload is applied
+/// (the `n`th "configuration reloaded" line).
+async fn reload(proxy: &Proxy, upstream: &Upstream, body: &str, n: usize) {
+    proxy.rewrite_config(&ProxyConfig::new(upstream.url(), body).text());
+    proxy.signal("HUP").await;
+    proxy.wait_for_events("configuration reloaded", n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_password_or_removes_a_user_revokes_their_sessions() {
+    let upstream = Upstream::start().await;
+    let lines = "cookie_secure = false\nidle_timeout = \"30m\"\nabsolute_timeout = \"1h\"";
+    let v1 = body(lines);
+    let proxy = Proxy::start(&upstream, &v1).await;
+    let html = ("accept", "text/html");
+    let json = ("accept", "application/json");
+    let alice = sign_in(&proxy, "alice", ALICE_PW).await;
+    let bob = sign_in(&proxy, "bob", BOB_PW).await;
+    for c in [&alice, &bob] {
+        let response = proxy.get("/app/before", &[("cookie", c)]).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+
+    // v2: alice's password changed. The reload says whose sessions end, by name only.
+    let rotated = bcrypt::hash(ALICE_ROTATED_PW, 4).unwrap();
+    let v2 = v1.replace(alice_hash(), &rotated);
+    reload(&proxy, &upstream, &v2, 1).await;
+    let line = proxy
+        .wait_for_events("reload: sessions of 1 users will be revoked", 1)
+        .await;
+    assert_eq!(line[0]["users"], "alice", "{}", line[0]);
+
+    // Alice's cookie: a navigation goes to the login page, which says why; the cookie is kept
+    // (the store remembers the end), the upstream never sees the request.
+    let response = proxy.get("/app/after", &[html, ("cookie", &alice)]).await;
+    assert_login_redirect(&response, "/app/after", Some("revoked"));
+    assert_keeps_cookie(&response);
+    let event = proxy.access_of(&response).await;
+    assert_eq!(event["reason"], "session_revoked", "{event}");
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("password of user \"alice\" changed")),
+        "{event}"
+    );
+    let page = proxy
+        .get(&response.header("location").unwrap(), &[html])
+        .await
+        .text();
+    assert!(
+        page.contains("Your session was ended because your account changed"),
+        "{page}"
+    );
+    // Anything else gets 401 with the reason, again and again (a tombstone, not a deletion).
+    for _ in 0..2 {
+        let response = proxy.get("/app/api", &[json, ("cookie", &alice)]).await;
+        assert_proxy_made(&proxy, &response, 401, "deny", "session_revoked").await;
+        assert_eq!(response.json()["reason"], "session_revoked");
+    }
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.path != "/app/after" && r.path != "/app/api"));
+
+    // Bob's session is untouched; alice signs in with her new password.
+    let response = proxy.get("/app/bob", &[("cookie", &bob)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let alice_again = sign_in(&proxy, "alice", ALICE_ROTATED_PW).await;
+    let response = proxy.get("/app/alice", &[("cookie", &alice_again)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // v3: bob removed, alice's old password back. Bob's session is revoked; alice's first
+    // session stays revoked (its end is remembered, whatever the config says now), and the
+    // one started under the v2 password ends in turn.
+    let v3 = v1.replace(
+        &format!(
+            "[[users]]\nname = \"bob\"\npassword_hash = \"{}\"\ngroups = [\"staff\"]\n",
+            bob_hash()
+        ),
+        "",
+    );
+    assert_ne!(v3, v1, "bob is removed from the config");
+    reload(&proxy, &upstream, &v3, 2).await;
+    let line = proxy
+        .wait_for_events("reload: sessions of 2 users will be revoked", 1)
+        .await;
+    assert_eq!(line[0]["users"], "alice, bob", "{}", line[0]);
+    let response = proxy.get("/app/bob", &[json, ("cookie", &bob)]).await;
+    let event = assert_proxy_made(&proxy, &response, 401, "deny", "session_revoked").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("user \"bob\" was removed")),
+        "{event}"
+    );
+    for c in [&alice, &alice_again] {
+        let response = proxy.get("/app/alice", &[json, ("cookie", c)]).await;
+        assert_proxy_made(&proxy, &response, 401, "deny", "session_revoked").await;
+    }
+    let fresh = sign_in(&proxy, "alice", ALICE_PW).await;
+    let response = proxy.get("/app/fresh", &[("cookie", &fresh)]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // The reload log names no hash.
+    let all = proxy.all_output();
+    for secret in [alice_hash(), bob_hash(), rotated.as_str()] {
+        assert!(!all.contains(secret), "a hash was logged:\n{all}");
+    }
+}

@@ -875,3 +875,102 @@ async fn redis_outage_keeps_basic_answering_and_lockouts_local_until_it_returns(
     assert_eq!(gauge(&proxy, "portcullis_store_up").await, 1);
     assert_eq!(gauge(&proxy, "portcullis_failure_counting_local").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_revokes_sessions_on_every_instance_sharing_redis() {
+    if !redis_installed() {
+        return;
+    }
+    const ROTATED_PW: &str = "alice-rotated-password-5521";
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let a = start(&upstream, &redis.url(), "30m", "1h").await;
+    let b = start(&upstream, &redis.url(), "30m", "1h").await;
+    let json = ("accept", "application/json");
+
+    let alice_id = login(&a).await;
+    let alice = cookie(&alice_id);
+    let bob = sign_in(&b, "bob", BOB_PW).await;
+    // The record keeps a 16-hex-digit fingerprint of the password, never the hash.
+    let fields = redis.hgetall(&redis_key(&alice_id));
+    let print = fields
+        .iter()
+        .find(|(k, _)| k == "p")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("a fingerprint field: {fields:?}"));
+    assert!(
+        print.len() == 16 && print.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{print}"
+    );
+    assert!(fields
+        .iter()
+        .all(|(_, v)| v != alice_hash() && !v.starts_with("$")));
+    for proxy in [&a, &b] {
+        for c in [&alice, &bob] {
+            let response = proxy.get("/app/before", &[("cookie", c)]).await;
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+    }
+
+    // Only A is reloaded with alice's new hash: alice's next request there ends her session
+    // in Redis, so B, still on the old config, refuses it too.
+    let rotated = bcrypt::hash(ROTATED_PW, 4).unwrap();
+    let text = |proxy: &Proxy| std::fs::read_to_string(&proxy.config_path);
+    let old_text = text(&a).expect("the config file of A");
+    let new_text = old_text.replace(alice_hash(), &rotated);
+    assert_ne!(new_text, old_text);
+    a.rewrite_config(&new_text);
+    a.signal("HUP").await;
+    a.wait_for_events("configuration reloaded", 1).await;
+    a.wait_for_events("reload: sessions of 1 users will be revoked", 1)
+        .await;
+    let response = a.get("/app/after", &[json, ("cookie", &alice)]).await;
+    assert_proxy_made(&a, &response, 401, "deny", "session_revoked").await;
+    let response = b.get("/app/after", &[json, ("cookie", &alice)]).await;
+    assert_proxy_made(&b, &response, 401, "deny", "session_revoked").await;
+    assert_eq!(
+        redis.hgetall(&redis_key(&alice_id)),
+        vec![("e".to_string(), "revoked".to_string())],
+        "a tombstone holding only the end reason"
+    );
+
+    // Alice signs in on A with her new password. B, not reloaded yet, cannot vouch for that
+    // session: it refuses it, but does not end it for everyone.
+    let alice_again = sign_in(&a, "alice", ROTATED_PW).await;
+    let response = b.get("/app/early", &[json, ("cookie", &alice_again)]).await;
+    let event = assert_proxy_made(&b, &response, 401, "deny", "session_revoked").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reload every instance")),
+        "{event}"
+    );
+
+    // B reloaded too: alice's new session works on both, bob's was never touched.
+    b.rewrite_config(&new_text);
+    b.signal("HUP").await;
+    b.wait_for_events("configuration reloaded", 1).await;
+    for proxy in [&a, &b] {
+        for c in [&alice_again, &bob] {
+            let response = proxy.get("/app/later", &[("cookie", c)]).await;
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+        let response = proxy.get("/app/later", &[json, ("cookie", &alice)]).await;
+        assert_proxy_made(proxy, &response, 401, "deny", "session_revoked").await;
+    }
+
+    // A record written by an earlier version has no fingerprint: it is revoked on first use
+    // (CHANGELOG, Migrations), with a detail that says so.
+    let bob_id = bob.split_once('=').unwrap().1;
+    assert_eq!(redis.int(&["HDEL", &redis_key(bob_id), "p"]), 1);
+    let response = a.get("/app/legacy", &[json, ("cookie", &bob)]).await;
+    let event = assert_proxy_made(&a, &response, 401, "deny", "session_revoked").await;
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("earlier version")),
+        "{event}"
+    );
+    let response = b.get("/app/legacy", &[json, ("cookie", &bob)]).await;
+    assert_proxy_made(&b, &response, 401, "deny", "session_revoked").await;
+}

@@ -202,7 +202,7 @@ async fn session_identity(
     sessions: &Sessions,
     headers: &HeaderMap,
 ) -> Result<Identity, Refusal> {
-    let (_, active) = sessions.find(headers).await?;
+    let (_, active) = sessions.find(headers, config).await?;
     // The user is looked up in the current config on every request: removing a user or
     // changing their groups applies to their open sessions at once.
     let user = config.users.get(&active.record.user).ok_or_else(|| {

@@ -44,6 +44,22 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     changes
 }
 
+/// The users whose sessions a reload ends: their password changed, or they were removed.
+/// Sorted names (never a hash).
+pub fn revoked_users(old: &Config, new: &Config) -> Vec<String> {
+    let mut names: Vec<String> = old
+        .users
+        .names()
+        .filter(|name| match (old.users.get(name), new.users.get(name)) {
+            (Some(before), Some(after)) => before.hash != after.hash,
+            _ => true,
+        })
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
 fn named_changes(
     out: &mut Vec<String>,
     what: &str,

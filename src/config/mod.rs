@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
-pub use diff::diff;
+pub use diff::{diff, revoked_users};
 pub use error::ConfigError;
 pub use file::{LoginSection, PagesSection, RateLimitSection, Scheme, SessionSection};
 pub use types::{Cidr, HumanDuration, RoutePath, UpstreamUrl};
@@ -50,6 +50,10 @@ pub struct Config {
     pub routes: RouteTable,
     /// Things `check` should point out that are not errors.
     pub warnings: Vec<String>,
+    /// When this configuration was read (Unix milliseconds). A session started later under
+    /// another password was started by an instance with a different configuration: it is
+    /// refused here but not ended for everyone (`session::Sessions::check`).
+    pub loaded_ms: u64,
 }
 
 /// `[server]`, validated.

@@ -94,6 +94,7 @@ pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
         jwt,
         routes: RouteTable::new(routes),
         warnings,
+        loaded_ms: crate::session::now_ms(),
     })
 }
 

@@ -150,7 +150,7 @@ impl Endpoints<'_> {
             Err(failure) => return Err(failure),
         };
         // Always a fresh id: a session id the browser already had is never adopted.
-        let id = self.sessions.create(&user.name).await?;
+        let id = self.sessions.create(&user).await?;
         let mut response = redirect(StatusCode::SEE_OTHER, &next);
         response
             .headers_mut()
@@ -163,7 +163,7 @@ impl Endpoints<'_> {
             return Err(Denial::of(Scheme::Session, DenyReason::MalformedCredentials, why).into());
         }
         let mut user = None;
-        if let Ok((_, active)) = self.sessions.find(request.headers()).await {
+        if let Ok((_, active)) = self.sessions.find(request.headers(), self.config).await {
             user = Some(active.record.user);
         }
         // Every session cookie the browser sent ends: signing out must leave none behind.
@@ -189,7 +189,7 @@ impl Endpoints<'_> {
             )
             .into());
         }
-        let (_, active) = self.sessions.find(request.headers()).await?;
+        let (_, active) = self.sessions.find(request.headers(), self.config).await?;
         let user = self.config.users.get(&active.record.user).ok_or_else(|| {
             Denial::of(
                 Scheme::Session,

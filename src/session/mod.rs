@@ -15,8 +15,7 @@ use sha2::{Digest, Sha256};
 pub use redis_store::RedisStore;
 pub use store::{Store, StoreError};
 
-use crate::config::Scheme;
-use crate::config::SessionSection;
+use crate::config::{Config, Scheme, SessionSection, User};
 use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
 /// How many cookies of our name one request may have looked up (the rest are ignored): enough
@@ -38,6 +37,38 @@ pub struct SessionRecord {
     pub created_ms: u64,
     /// Last admitted request (Unix milliseconds), as last written to the store.
     pub last_seen_ms: u64,
+    /// The credential the session was started with; `None` for a record written by a version
+    /// that did not keep it, which is treated as revoked (CHANGELOG, Migrations).
+    pub credential: Option<Fingerprint>,
+}
+
+/// A short fingerprint of a password user's configured hash: the first 8 bytes of the SHA-256
+/// of the hash string. A session keeps the one it was started with, so a reload that changes
+/// the password (or removes the user) ends it. Never the hash itself: the store holds nothing
+/// an offline password guess could be checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(pub [u8; 8]);
+
+impl Fingerprint {
+    /// The fingerprint of a user's current password hash.
+    pub fn of(hash: &crate::auth::password::PasswordHash) -> Self {
+        let digest = Sha256::digest(hash.as_str().as_bytes());
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        Fingerprint(bytes)
+    }
+
+    /// How the store writes it: 16 hex digits.
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Reads what [`Fingerprint::to_hex`] wrote.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 8];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Fingerprint(bytes))
+    }
 }
 
 /// Why a session ended. An ended session stays in the store as a tombstone holding only this,
@@ -178,11 +209,15 @@ impl Sessions {
     /// hold one per path or parent domain, some planted), the first [`MAX_COOKIES`] are looked
     /// up and a live session wins; else the refusal says why the most telling one ended (an
     /// end reason over "unknown"). A store failure is answered at once.
-    pub async fn find(&self, headers: &HeaderMap) -> Result<(String, ActiveSession), Refusal> {
+    pub async fn find(
+        &self,
+        headers: &HeaderMap,
+        config: &Config,
+    ) -> Result<(String, ActiveSession), Refusal> {
         let mut refused: Option<Refusal> = None;
         for value in cookie_values(headers, &self.cookie_name).take(MAX_COOKIES) {
             let result = if well_formed_id(value) {
-                self.check(value).await
+                self.check(value, config).await
             } else {
                 Err(Denial::of(
                     Scheme::Session,
@@ -217,8 +252,10 @@ impl Sessions {
 
     /// Checks a session id; on success moves the idle deadline (writing the store at most
     /// once per tenth of the idle timeout) and never the absolute one. A session found ended
-    /// becomes a tombstone, so every later request with it gets the same reason.
-    pub async fn check(&self, id: &str) -> Result<ActiveSession, Refusal> {
+    /// becomes a tombstone, so every later request with it gets the same reason. A session
+    /// whose user's password is no longer the one it was started with, or whose user is gone,
+    /// is revoked (see [`Sessions::credential_changed`]).
+    pub async fn check(&self, id: &str, config: &Config) -> Result<ActiveSession, Refusal> {
         let key = store_key(id);
         let now = now_ms();
         let record = match self.store.get(&key).await.map_err(store_failure)? {
@@ -246,6 +283,15 @@ impl Sessions {
             // same end from the same record.
             let _ = self.store.end(&key, reason).await;
             return Err(self.ended(reason).into());
+        }
+        if let Some(change) = credential_changed(&record, config) {
+            let denial = Denial::of(Scheme::Session, DenyReason::SessionRevoked, change.detail);
+            if change.end {
+                // Written for every instance sharing the store: one that has not reloaded yet
+                // still refuses the session from now on. Best effort, as above.
+                let _ = self.store.end(&key, EndReason::Revoked).await;
+            }
+            return Err(denial.into());
         }
         let mut record = record;
         if now.saturating_sub(record.last_seen_ms) >= millis(self.idle) / 10 {
@@ -293,16 +339,18 @@ impl Sessions {
         }
     }
 
-    /// Starts a session for `user` under a fresh id (never one the client offered).
-    pub async fn create(&self, user: &str) -> Result<String, Failure> {
+    /// Starts a session for a password user under a fresh id (never one the client offered),
+    /// recording the fingerprint of the password it was started with.
+    pub async fn create(&self, user: &User) -> Result<String, Failure> {
         let mut bytes = [0u8; ID_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let now = now_ms();
         let record = SessionRecord {
-            user: user.to_string(),
+            user: user.name.clone(),
             created_ms: now,
             last_seen_ms: now,
+            credential: Some(Fingerprint::of(&user.hash)),
         };
         // The store forgets the session (or its tombstone) `ended_memory` after its absolute end.
         let expires = now
@@ -362,6 +410,40 @@ impl Sessions {
             strip_cookie(headers, &self.bare_name);
         }
     }
+}
+
+/// Why a live session no longer stands under the current configuration.
+struct CredentialChange {
+    /// For the log (names the user, never a hash).
+    detail: String,
+    /// Whether to end it in the store for every instance; false when the session began after
+    /// this configuration was loaded, so it was started by an instance whose configuration
+    /// differs from this one's (a reload not yet done everywhere): refused here, ended by
+    /// nobody until the instances agree.
+    end: bool,
+}
+
+/// Whether the session's user still has the password the session was started with.
+fn credential_changed(record: &SessionRecord, config: &Config) -> Option<CredentialChange> {
+    let current = config.users.get(&record.user);
+    let detail = match (&record.credential, current) {
+        (Some(started), Some(user)) if *started == Fingerprint::of(&user.hash) => return None,
+        (Some(_), Some(_)) => format!(
+            "the password of user {:?} changed since the session began",
+            record.user
+        ),
+        (Some(_), None) => format!("user {:?} was removed since the session began", record.user),
+        (None, _) => "the session was started by an earlier version, which did not record the \
+                      credential it was started with"
+            .to_string(),
+    };
+    let end = record.credential.is_none() || record.created_ms < config.loaded_ms;
+    let detail = if end {
+        detail
+    } else {
+        format!("{detail}: the session began on an instance whose configuration differs from this one's; reload every instance")
+    };
+    Some(CredentialChange { detail, end })
 }
 
 fn store_failure(err: StoreError) -> Failure {

@@ -1,5 +1,8 @@
 //! Sessions in Redis, so several instances share them. Keys expire at the session's absolute
 //! deadline plus `ended_memory`, so Redis forgets sessions and their tombstones by itself.
+//! A session is a hash: `u` user, `c` created, `s` last seen (Unix ms), `p` the fingerprint of
+//! the password it was started with (16 hex digits; absent from records of older versions);
+//! a tombstone holds only `e`, the end reason.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,7 +10,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use super::{EndReason, SessionKey, SessionRecord, StoreError, Stored};
+use super::{EndReason, Fingerprint, SessionKey, SessionRecord, StoreError, Stored};
 
 /// Longest wait for Redis before the request fails closed with 503.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +32,7 @@ const END_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'e') == 0 then
   -- HSET first: a hash emptied by HDEL is deleted, and its expiry with it.
   redis.call('HSET', KEYS[1], 'e', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'u', 'c', 's')
+  redis.call('HDEL', KEYS[1], 'u', 'c', 's', 'p')
   return 1
 end
 return 0
@@ -110,6 +113,9 @@ impl RedisStore {
                     user: user.clone(),
                     created_ms,
                     last_seen_ms,
+                    // Absent in a record from an older version (or unreadable): no
+                    // fingerprint, which `check` treats as revoked.
+                    credential: fields.get("p").and_then(|v| Fingerprint::from_hex(v)),
                 }))
             }
             _ => None,
@@ -134,8 +140,11 @@ impl RedisStore {
             .arg("c")
             .arg(record.created_ms)
             .arg("s")
-            .arg(record.last_seen_ms)
-            .ignore()
+            .arg(record.last_seen_ms);
+        if let Some(credential) = record.credential {
+            pipe.arg("p").arg(credential.to_hex());
+        }
+        pipe.ignore()
             .cmd("PEXPIREAT")
             .arg(&name)
             .arg(expires_ms)

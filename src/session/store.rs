@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use super::redis_store::RedisStore;
-use super::{now_ms, EndReason, SessionKey, SessionRecord, Stored};
+use super::{now_ms, EndReason, Fingerprint, SessionKey, SessionRecord, Stored};
 use crate::config::file::SessionStoreKind;
 use crate::config::SessionSection;
 
@@ -153,6 +153,7 @@ struct MemoryEntry {
     last_seen_ms: AtomicU64,
     /// When the entry (live or tombstone) is forgotten.
     expires_ms: u64,
+    credential: Option<Fingerprint>,
     /// `LIVE`, or the end reason of a tombstone (see `end_code`).
     ended: AtomicU8,
 }
@@ -187,6 +188,7 @@ impl MemoryStore {
             user: entry.user.to_string(),
             created_ms: entry.created_ms,
             last_seen_ms: entry.last_seen_ms.load(Ordering::Relaxed),
+            credential: entry.credential,
         }))
     }
 
@@ -196,6 +198,7 @@ impl MemoryStore {
             created_ms: record.created_ms,
             last_seen_ms: AtomicU64::new(record.last_seen_ms),
             expires_ms,
+            credential: record.credential,
             ended: AtomicU8::new(LIVE),
         };
         self.sessions.write().insert(*key, entry);
@@ -266,6 +269,7 @@ mod tests {
             user: "alice".into(),
             created_ms: now,
             last_seen_ms: now,
+            credential: Some(Fingerprint([7; 8])),
         };
         store.put(&[1; 32], &record, now + 60_000);
         store.put(&[2; 32], &record, now.saturating_sub(1));
