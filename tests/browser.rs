@@ -2,7 +2,10 @@
 //! (chromedriver + fantoccini) through the real proxy to a real upstream. A person opens a
 //! protected page, is sent to the login form, signs in, lands on the page asked for, goes idle
 //! past the idle timeout and is told so, signs in again as a user without access to an area,
-//! is refused with 403, and signs out from that page.
+//! is refused with 403, and signs out from that page. A second person stays past the absolute
+//! timeout: the browser still holds the cookie (`Max-Age = absolute_timeout + ended_memory`),
+//! so the login page says the session reached its maximum; after a reload that changes their
+//! password, it says the account changed.
 //!
 //! Screenshots of the login, session-ended and 403 pages are written to `docs/` when
 //! `PORTCULLIS_SCREENSHOTS=1` (that is how the committed ones were made), else to a temporary
@@ -298,5 +301,103 @@ async fn a_person_signs_in_times_out_is_refused_and_signs_out_in_a_real_browser(
             "{reason} in {reasons:?}"
         );
     }
+    browser.close().await.unwrap();
+}
+
+/// Absolute timeout of the second test's proxy: short, so the test can outwait it.
+const ABSOLUTE: Duration = Duration::from_secs(3);
+
+const ALICE_ROTATED_PW: &str = "alice-rotated-password-6114";
+
+/// The `reason`s of the access lines so far.
+fn reasons(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .access_events()
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_keeps_the_cookie_past_the_absolute_timeout_and_is_told_why_and_of_revocation() {
+    if !browser_installed() {
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let body = format!(
+        "{}\n[session]\ncookie_secure = false\nidle_timeout = \"{1}s\"\nabsolute_timeout = \"{1}s\"\n\
+         ended_memory = \"1h\"\n\n[pages]\ntitle = \"Example Corp\"\n{ROUTES}",
+        principals(),
+        ABSOLUTE.as_secs()
+    );
+    let proxy = Proxy::start(&upstream, &body).await;
+    let base = format!("http://{}", proxy.addr);
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.browser(profile.path()).await;
+
+    browser.goto(&format!("{base}/docs/a")).await.unwrap();
+    wait_for_path(&browser, "/.portcullis/login").await;
+    sign_in(&browser, "alice", ALICE_PW).await;
+    wait_for_path(&browser, "/docs/a").await;
+    let signed_in = Instant::now();
+    assert!(source(&browser).await.contains("upstream ok"));
+
+    // Activity does not move the absolute deadline (the idle timeout may not be longer than
+    // the absolute one; the absolute end is what a session past both is told).
+    tokio::time::sleep(ABSOLUTE / 2).await;
+    browser.goto(&format!("{base}/docs/b")).await.unwrap();
+    wait_for_path(&browser, "/docs/b").await;
+    assert!(source(&browser).await.contains("upstream ok"));
+
+    // Past the absolute timeout (only time itself is waited for): the browser still holds the
+    // cookie (Max-Age = absolute_timeout + ended_memory), so the proxy can tell it why.
+    tokio::time::sleep_until((signed_in + ABSOLUTE + Duration::from_millis(500)).into()).await;
+    let cookie = browser
+        .get_named_cookie("portcullis_session")
+        .await
+        .expect("the browser still holds the session cookie after the absolute timeout");
+    assert_eq!(cookie.value().len(), 43, "{cookie:?}");
+    browser.goto(&format!("{base}/docs/c")).await.unwrap();
+    let url = wait_for_path(&browser, "/.portcullis/login").await;
+    assert!(url.contains("ended=absolute"), "{url}");
+    let page = source(&browser).await;
+    assert!(
+        page.contains("Your session ended after the maximum of 3 seconds."),
+        "{page}"
+    );
+    let seen = reasons(&proxy);
+    assert!(
+        seen.iter().any(|r| r == "session_absolute_timeout"),
+        "{seen:?}"
+    );
+    assert!(upstream.requests().iter().all(|r| r.path != "/docs/c"));
+
+    // Signing in again; then the operator changes alice's password and reloads: the next page
+    // says the session was ended because the account changed.
+    sign_in(&browser, "alice", ALICE_PW).await;
+    wait_for_path(&browser, "/docs/c").await;
+    assert!(source(&browser).await.contains("upstream ok"));
+    let rotated = bcrypt::hash(ALICE_ROTATED_PW, 4).unwrap();
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    proxy.rewrite_config(&text.replace(alice_hash(), &rotated));
+    proxy.signal("HUP").await;
+    proxy.wait_for_events("configuration reloaded", 1).await;
+    browser.goto(&format!("{base}/docs/d")).await.unwrap();
+    let url = wait_for_path(&browser, "/.portcullis/login").await;
+    assert!(url.contains("ended=revoked"), "{url}");
+    let page = source(&browser).await;
+    assert!(
+        page.contains("Your session was ended because your account changed"),
+        "{page}"
+    );
+    let seen = reasons(&proxy);
+    assert!(seen.iter().any(|r| r == "session_revoked"), "{seen:?}");
+
+    // The new password works.
+    sign_in(&browser, "alice", ALICE_ROTATED_PW).await;
+    wait_for_path(&browser, "/docs/d").await;
+    assert!(source(&browser).await.contains("upstream ok"));
+    assert!(upstream.requests().iter().any(|r| r.path == "/docs/d"));
     browser.close().await.unwrap();
 }
