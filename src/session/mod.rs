@@ -544,6 +544,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fingerprint_is_eight_bytes_of_the_hash_never_the_hash() {
+        use crate::auth::password::PasswordHash;
+        let text = "$2b$12$jDfNxGt2r.Bb0PtO2QejEeT9V1QSRjrjE5Zkwpkt1z0S1/E61tiGi";
+        let other = "$2b$12$jDfNxGt2r.Bb0PtO2QejEeT9V1QSRjrjE5Zkwpkt1z0S1/E61tiGj";
+        let print = Fingerprint::of(&PasswordHash::parse(text).unwrap());
+        assert_eq!(print, Fingerprint::of(&PasswordHash::parse(text).unwrap()));
+        assert_ne!(print, Fingerprint::of(&PasswordHash::parse(other).unwrap()));
+        let hex = print.to_hex();
+        assert_eq!(hex.len(), 16);
+        assert_eq!(hex, hex::encode(&Sha256::digest(text.as_bytes())[..8]));
+        assert_eq!(Fingerprint::from_hex(&hex), Some(print));
+        assert_eq!(Fingerprint::from_hex("not hex"), None);
+        assert_eq!(Fingerprint::from_hex(&hex[..14]), None);
+    }
+
+    #[test]
     fn cookies_are_found_and_stripped() {
         let mut h = HeaderMap::new();
         h.append(
