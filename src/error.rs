@@ -5,7 +5,7 @@ use std::fmt;
 
 use http::StatusCode;
 
-use crate::config::Scheme;
+use crate::auth::Scheme;
 
 /// The closed list of denial reasons (SPEC §5). Each is logged as its `as_str()` code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::auth::jwt::JwtIdentity;
+use crate::auth::Scheme;
 use crate::auth::{Identity, Principal};
-use crate::config::{Config, Route, Scheme, User};
+use crate::config::{Config, Route, User};
 use crate::error::{Denial, DenyReason};
 use crate::policy::{self, Target};
 

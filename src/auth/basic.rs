@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, OnceCell};
 
 use super::password::PasswordHash;
-use crate::config::{Scheme, User, UserDb};
+use crate::auth::Scheme;
+use crate::config::{User, UserDb};
 use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
 /// How long a successful verification is remembered.

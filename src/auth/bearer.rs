@@ -12,7 +12,8 @@ use subtle::ConstantTimeEq;
 
 use super::jwt::Token;
 use super::Principal;
-use crate::config::{Config, Scheme, StaticToken};
+use crate::auth::Scheme;
+use crate::config::{Config, StaticToken};
 use crate::error::{Denial, DenyReason};
 
 /// Checks a well-formed bearer token against `[jwt]` and `[[tokens]]`.

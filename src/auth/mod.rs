@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod jwks;
 pub mod jwt;
 pub mod password;
+mod scheme;
 
 use std::sync::Arc;
 
@@ -14,8 +15,9 @@ use http::HeaderMap;
 
 pub use basic::PasswordVerifier;
 pub use credentials::Credential;
+pub use scheme::Scheme;
 
-use crate::config::{Config, Route, Scheme, StaticToken, User};
+use crate::config::{Config, Route, StaticToken, User};
 use crate::error::{Denial, DenyReason, Refusal};
 use crate::ratelimit::{AttemptKeys, FailureLimiter};
 use crate::session::{ActiveSession, Sessions};

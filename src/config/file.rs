@@ -12,6 +12,7 @@ use super::types::{
     UpstreamUrl,
 };
 use crate::auth::password::PasswordHash;
+use crate::auth::Scheme;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -272,29 +273,6 @@ pub struct JwtSection {
     pub groups_claim: Option<Spanned<String>>,
     pub scope_claim: Option<Spanned<String>>,
     pub token_types: Option<Spanned<Vec<Spanned<String>>>>,
-}
-
-/// An authentication scheme a route accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheme {
-    /// RFC 7617 Basic.
-    Basic,
-    /// RFC 6750 Bearer.
-    Bearer,
-    /// The session cookie.
-    Session,
-}
-
-impl Scheme {
-    /// The lower-case name, as in the config and the logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Basic => "basic",
-            Scheme::Bearer => "bearer",
-            Scheme::Session => "session",
-        }
-    }
 }
 
 /// `[[route]]`

@@ -3,6 +3,8 @@
 mod diff;
 mod error;
 pub mod file;
+mod jwt;
+mod route;
 pub mod types;
 mod validate;
 
@@ -11,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::HeaderName;
 
 pub use diff::{diff, revoked_users};
 pub use error::ConfigError;
-pub use file::{LoginSection, PagesSection, RateLimitSection, Scheme, SessionSection};
+pub use file::{LoginSection, PagesSection, RateLimitSection, SessionSection};
+pub use route::Route;
 pub use types::{Cidr, HumanDuration, RoutePath, UpstreamUrl};
 
 use crate::auth::password::PasswordHash;
@@ -187,43 +190,6 @@ pub struct StaticToken {
     pub scopes: Vec<String>,
     /// Unix seconds after which the token is refused.
     pub expires: Option<i64>,
-}
-
-/// One compiled `[[route]]`.
-#[derive(Debug)]
-pub struct Route {
-    /// Canonical path prefix.
-    pub path: RoutePath,
-    /// Allowed methods; `None` = all.
-    pub methods: Option<Vec<Method>>,
-    /// Accepted schemes in challenge order; empty = public.
-    pub schemes: Vec<Scheme>,
-    /// Realm in challenges.
-    pub realm: String,
-    /// Users admitted (empty with empty `allow_groups` = any authenticated caller).
-    pub allow_users: Vec<String>,
-    /// Groups admitted.
-    pub allow_groups: Vec<String>,
-    /// Scopes every bearer caller must hold.
-    pub scopes: Vec<String>,
-    /// Match ASCII-case-insensitively.
-    pub case_insensitive: bool,
-    /// Precomputed `WWW-Authenticate` values, one per scheme, in order.
-    pub challenges: Vec<HeaderValue>,
-    /// Precomputed `Allow` value when `methods` is set.
-    pub allow_header: Option<HeaderValue>,
-}
-
-impl Route {
-    /// Whether the route needs no credentials.
-    pub fn is_public(&self) -> bool {
-        self.schemes.is_empty()
-    }
-
-    /// Whether the route accepts `scheme`.
-    pub fn accepts(&self, scheme: Scheme) -> bool {
-        self.schemes.contains(&scheme)
-    }
 }
 
 impl Config {

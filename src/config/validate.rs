@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::ConfigError;
-use super::file::{FileConfig, RouteEntry, Scheme};
+use super::file::{FileConfig, RouteEntry};
 use super::{
     Config, IdentityConfig, Route, ServerConfig, StaticToken, UpstreamConfig, User, UserDb,
 };
 use crate::auth::password::{parse_htpasswd, validate_user_name};
+use crate::auth::Scheme;
 use crate::pages::Pages;
 use crate::policy::RouteTable;
 use crate::response::challenge;
@@ -121,7 +122,7 @@ fn pages(ctx: &Ctx<'_>, file: &FileConfig) -> Result<Arc<Pages>, ConfigError> {
         })
 }
 
-/// `[jwt]`: validated and its keys loaded by `auth::jwt`, with errors pointing into this file.
+/// `[jwt]`: validated and its keys loaded by `config::jwt`, with errors pointing into this file.
 fn jwt(
     ctx: &Ctx<'_>,
     file: &FileConfig,
@@ -130,12 +131,11 @@ fn jwt(
     let Some(section) = &file.jwt else {
         return Ok(None);
     };
-    let load = crate::auth::jwt::LoadContext {
+    let load = super::jwt::LoadContext {
         resolve: &|file| ctx.resolve(file),
         error: &|span, key, message| ctx.err(span, key, message),
     };
-    let (verifier, notes) =
-        crate::auth::jwt::from_section(section.get_ref(), section.span(), &load)?;
+    let (verifier, notes) = super::jwt::from_section(section.get_ref(), section.span(), &load)?;
     warnings.extend(notes);
     Ok(Some(Arc::new(verifier)))
 }

@@ -10,9 +10,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::auth::AuthContext;
-use crate::config::{Config, Scheme};
+use crate::auth::Scheme;
+use crate::body::Body;
+use crate::config::Config;
 use crate::error::{Denial, DenyReason, Refusal};
-use crate::response::Body;
 use crate::session::Sessions;
 
 pub use page::{EndedNotice, LoginPage};

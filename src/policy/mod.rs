@@ -10,7 +10,8 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::auth::Identity;
-use crate::config::{Route, Scheme};
+use crate::auth::Scheme;
+use crate::config::Route;
 use crate::error::{Denial, DenyReason};
 use crate::path::{self, NormalizedPath};
 

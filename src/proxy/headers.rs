@@ -9,7 +9,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use crate::auth::Identity;
-use crate::config::{IdentityConfig, Scheme};
+use crate::auth::Scheme;
+use crate::config::IdentityConfig;
 
 /// The request id header, as a name (no parsing per request).
 const REQUEST_ID: HeaderName = HeaderName::from_static(crate::response::REQUEST_ID);

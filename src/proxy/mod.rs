@@ -16,9 +16,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
+use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::error::{FailReason, Failure};
-use crate::response::Body;
 use crate::server::TunnelTerms;
 
 pub use pool::UpstreamBody;

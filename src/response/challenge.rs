@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, Method};
 
-use crate::config::Scheme;
+use crate::auth::Scheme;
 
 /// Writes `value` as an RFC 9110 quoted-string: `"` and `\` are escaped.
 pub fn push_quoted(out: &mut String, value: &str) {

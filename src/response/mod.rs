@@ -10,14 +10,12 @@ use http::header::{
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::config::{Route, Scheme};
+use crate::auth::Scheme;
+use crate::body::Body;
+use crate::config::Route;
 use crate::error::{DenyReason, FailReason, Refusal};
 use crate::login::{LOGIN_PATH, LOGOUT_PATH};
 use crate::pages::{self, Described, Facts, PageVars, Pages};
-
-/// The body type of every response the proxy sends: the upstream's streamed body, or one of
-/// ours.
-pub type Body = http_body_util::Either<crate::proxy::UpstreamBody, Full<Bytes>>;
 
 /// Header carrying the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 pub use redis_store::RedisStore;
 pub use store::{Store, StoreError};
 
-use crate::config::{Config, Scheme, SessionSection, User};
+use crate::auth::Scheme;
+use crate::config::{Config, SessionSection, User};
 use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
 /// How many cookies of our name one request may have looked up (the rest are ignored): enough
