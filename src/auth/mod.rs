@@ -1,21 +1,21 @@
 //! Authentication: reading the credential a request presents, checking it with the route's
 //! schemes, and the identity that results.
 
-pub mod basic;
 pub mod bearer;
 pub mod credentials;
 pub mod jwks;
 pub mod jwt;
 pub mod password;
 mod scheme;
+pub mod verifier;
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 
-pub use basic::PasswordVerifier;
 pub use credentials::Credential;
 pub use scheme::Scheme;
+pub use verifier::PasswordVerifier;
 
 use crate::config::{Config, Route, StaticToken, User};
 use crate::error::{Denial, DenyReason, Refusal};

@@ -1,4 +1,4 @@
-//! Password verification for Basic (and, later, the login form): a small pool of low-priority
+//! Password verification for Basic and the login form: a small pool of low-priority
 //! threads does the hashing, bounded in both concurrency and queue length, and a short-lived
 //! cache of successful verifications keeps steady traffic from hashing on every request.
 
