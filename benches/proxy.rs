@@ -36,6 +36,8 @@ url = "http://127.0.0.1:3000"
 
 [session]
 cookie_secure = false
+# The session check is measured among 100,000 sessions, all alice's.
+max_per_user = 200000
 
 [[users]]
 name = "alice"

@@ -265,7 +265,7 @@ async fn tossed_cookies_cannot_shadow_a_session_and_only_the_host_name_counts() 
     let ended = login_id(&login_with(&proxy, "alice", ALICE_PW, "/", &[]).await);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let live = login_id(&login_with(&proxy, "alice", ALICE_PW, "/", &[]).await);
-    let planted = "A".repeat(43);
+    let planted = unknown_session_value('A');
 
     // A cookie planted first (an attacker's from a sibling subdomain, a stale one, an ended
     // one) does not shadow the live session behind it: among the first four, a live one wins.
@@ -775,8 +775,11 @@ async fn cross_site_login_and_logout_posts_are_refused() {
 async fn a_session_id_offered_by_the_client_is_never_adopted() {
     let upstream = Upstream::start().await;
     let proxy = start(&upstream, "10m", "1h").await;
-    let planted = "AttackerChosenValue_0123456789abcdefghijklm".to_string();
-    assert_eq!(planted.len(), 43);
+    let planted = format!(
+        "AttackerChosenValue_0123456789abcdefghijklm.{}",
+        user_tag("alice")
+    );
+    assert_eq!(planted.len(), 52);
 
     let c = cookie(&planted);
     let response = login_with(&proxy, "alice", ALICE_PW, "/", &[("cookie", &c)]).await;
@@ -1067,8 +1070,8 @@ async fn an_absolute_timeout_on_an_api_request_is_a_401_with_its_reason() {
 async fn an_unknown_or_malformed_cookie_is_refused_and_cleared() {
     let upstream = Upstream::start().await;
     let proxy = start(&upstream, "10m", "1h").await;
-    let unknown = cookie("Zm9yZ2VkLXNlc3Npb24taWQtdGhhdC1uZXZlci1leGk");
-    assert_eq!(unknown.len(), SESSION_COOKIE.len() + 1 + 43);
+    let unknown = cookie("Zm9yZ2VkLXNlc3Npb24taWQtdGhhdC1uZXZlci1leGk.00000000");
+    assert_eq!(unknown.len(), SESSION_COOKIE.len() + 1 + 52);
 
     let response = proxy.get("/app/x", &[("cookie", &unknown)]).await;
     assert_proxy_made(&proxy, &response, 401, "deny", "session_unknown").await;
@@ -1540,5 +1543,110 @@ async fn a_reload_that_changes_a_password_or_removes_a_user_revokes_their_sessio
     let all = proxy.all_output();
     for secret in [alice_hash(), bob_hash(), rotated.as_str()] {
         assert!(!all.contains(secret), "a hash was logged:\n{all}");
+    }
+}
+
+/// Issue 13, unbounded sessions: a browser that sends Basic on every navigation (and keeps
+/// cookies) gets one session from its first navigation and is admitted on it from then on;
+/// 50 navigations, one `Set-Cookie`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_navigations_from_a_browser_with_cookies_keep_one_session() {
+    let upstream = Upstream::start().await;
+    let proxy = start(&upstream, "10m", "1h").await;
+    let jar = Jar::default();
+    let auth = basic("alice", ALICE_PW);
+    let mut set_cookies = 0;
+    for n in 0..50 {
+        let path = format!("/nav/{n}");
+        let response = jar
+            .get(
+                &proxy,
+                &path,
+                &[("authorization", &auth), ("accept", "text/html")],
+            )
+            .await;
+        assert_eq!(response.status, 200, "{n}: {}", response.text());
+        set_cookies += response.header_all("set-cookie").len();
+        let method = if n == 0 { "basic" } else { "session" };
+        assert_eq!(
+            upstream
+                .only(&path)
+                .header("x-forwarded-auth-method")
+                .as_deref(),
+            Some(method),
+            "navigation {n}"
+        );
+    }
+    assert_eq!(set_cookies, 1, "one session for 50 navigations");
+}
+
+/// Issue 13, the per-user cap: without a cookie jar every Basic navigation starts a session,
+/// but at most `max_per_user` stay live: the 4th login ends the 1st, whose cookie is then
+/// refused as `session_revoked` with a detail saying why (every time: it is a tombstone),
+/// while the newer ones and other users' sessions are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_past_max_per_user_ends_the_users_oldest_session() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&upstream, &body("cookie_secure = false\nmax_per_user = 3")).await;
+    let bob = sign_in(&proxy, "bob", BOB_PW).await;
+    let auth = basic("alice", ALICE_PW);
+    let mut alice = Vec::new();
+    for n in 0..4 {
+        let response = proxy
+            .get(
+                &format!("/nav/{n}"),
+                &[("authorization", &auth), ("accept", "text/html")],
+            )
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        alice.push(cookie(&session_id(&response)));
+    }
+    for _ in 0..2 {
+        let response = proxy.get("/app/first", &[("cookie", &alice[0])]).await;
+        assert_proxy_made(&proxy, &response, 401, "deny", "session_revoked").await;
+        let event = proxy.access_of(&response).await;
+        assert_eq!(
+            event["detail"], "ended because alice started a 4th session; session.max_per_user = 3",
+            "{event}"
+        );
+    }
+    for c in alice.iter().skip(1).chain([&bob]) {
+        let response = proxy.get("/app/x", &[("cookie", c)]).await;
+        assert_eq!(response.status, 200, "{c}: {}", response.text());
+    }
+    // The login form counts too: the next login ends the 2nd.
+    let fifth = sign_in(&proxy, "alice", ALICE_PW).await;
+    let response = proxy.get("/app/second", &[("cookie", &alice[1])]).await;
+    assert_proxy_made(&proxy, &response, 401, "deny", "session_revoked").await;
+    assert_eq!(
+        proxy.access_of(&response).await["detail"],
+        "ended because alice started a 4th session; session.max_per_user = 3"
+    );
+    for c in [&alice[2], &alice[3], &fifth, &bob] {
+        assert_eq!(proxy.get("/app/x", &[("cookie", c)]).await.status, 200);
+    }
+}
+
+/// Issue 13, key layout: the cookie carries `<id>.<tag>` (the tag names where the store keeps
+/// the session). A cookie without the tag (as issued before the upgrade) or with another
+/// user's tag names no session: `session_unknown`, and the cookie is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cookie_without_its_users_tag_is_unknown() {
+    let upstream = Upstream::start().await;
+    let proxy = start(&upstream, "10m", "1h").await;
+    let value = login(&proxy).await;
+    let (id, tag) = value.split_once('.').unwrap();
+    assert_eq!(tag, user_tag("alice"));
+    assert_eq!(
+        proxy
+            .get("/app/x", &[("cookie", &cookie(&value))])
+            .await
+            .status,
+        200
+    );
+    for other in [id.to_string(), format!("{id}.{}", user_tag("bob"))] {
+        let response = proxy.get("/app/x", &[("cookie", &cookie(&other))]).await;
+        assert_proxy_made(&proxy, &response, 401, "deny", "session_unknown").await;
+        assert_clears_cookie(&response);
     }
 }

@@ -245,9 +245,77 @@ mod common {
         Proxy::start(upstream, &body).await
     }
 
-    /// The Redis key of a session id: the prefix and the hex SHA-256 of the id.
-    pub fn redis_key(id: &str) -> String {
-        format!("portcullis:session:{}", sha256_hex(id.as_bytes()))
+    /// A proxy on Redis at `url` with extra `[session]` lines.
+    pub async fn start_with(upstream: &Upstream, url: &str, session_lines: &str) -> Proxy {
+        let body = format!(
+            "{}\n[session]\nstore = \"redis\"\nredis_url = \"{url}\"\ncookie_secure = false\n\
+             {session_lines}\n{SESSION_ROUTES}",
+            principals()
+        );
+        Proxy::start(upstream, &body).await
+    }
+
+    /// Every key, by `SCAN` (as an operator would list them on a live server).
+    pub fn scan(redis: &Redis) -> Vec<String> {
+        let mut cursor = "0".to_string();
+        let mut keys = Vec::new();
+        loop {
+            match redis.command(&["SCAN", &cursor, "COUNT", "100"]) {
+                Reply::Array(mut parts) if parts.len() == 2 => {
+                    let Reply::Array(batch) = parts.pop().unwrap() else {
+                        panic!("SCAN batch")
+                    };
+                    keys.extend(batch.into_iter().map(Reply::text));
+                    cursor = parts.pop().unwrap().text();
+                }
+                other => panic!("SCAN: {other:?}"),
+            }
+            if cursor == "0" {
+                keys.sort();
+                keys.dedup();
+                return keys;
+            }
+        }
+    }
+
+    /// The hash tag of a key as Redis Cluster reads it: between the first `{` and the next
+    /// `}`, when not empty (else the whole key is hashed).
+    pub fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    /// The Redis key of a session cookie value `<id>.<tag>`: the user's hash tag and the hex
+    /// SHA-256 of the id.
+    pub fn redis_key(value: &str) -> String {
+        let (id, tag) = value.split_once('.').expect("<id>.<tag>");
+        format!("portcullis:{{u:{tag}}}:s:{}", sha256_hex(id.as_bytes()))
+    }
+
+    /// The Redis key of `user`'s index of sessions: the user's hash tag and the hex SHA-256 of
+    /// the name.
+    pub fn index_key(user: &str) -> String {
+        format!(
+            "portcullis:{{u:{}}}:sessions:{}",
+            user_tag(user),
+            sha256_hex(user.as_bytes())
+        )
+    }
+
+    /// One field of a hash.
+    pub fn field_of(redis: &Redis, key: &str, field: &str) -> String {
+        redis
+            .hgetall(key)
+            .into_iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("field {field} of {key}"))
     }
 
     /// Unix milliseconds now.
@@ -368,12 +436,30 @@ async fn keys_are_the_hash_of_the_id_and_expire_with_the_absolute_lifetime() {
     let id = login(&proxy).await;
     let after = now_ms();
     let key = redis_key(&id);
+    let mut keys = redis.keys("*");
+    keys.sort();
     assert_eq!(
-        redis.keys("*"),
-        vec![key.clone()],
-        "one key, named by the SHA-256 of the id"
+        keys,
+        vec![key.clone(), index_key("alice")],
+        "the session, named by alice's hash tag and the SHA-256 of the id, and alice's index"
     );
-    assert!(!key.contains(&id));
+    let (bare_id, _) = id.split_once('.').unwrap();
+    assert!(!key.contains(bare_id));
+    // The index: the session's key hash, scored by its creation time.
+    let members = redis.command(&["ZRANGE", &index_key("alice"), "0", "-1", "WITHSCORES"]);
+    assert_eq!(
+        members,
+        Reply::Array(vec![
+            Reply::Bulk(Some(sha256_hex(bare_id.as_bytes()))),
+            Reply::Bulk(Some(field_of(&redis, &key, "c"))),
+        ]),
+        "the index holds the session"
+    );
+    assert_eq!(
+        redis.int(&["TTL", &index_key("alice")]),
+        redis.int(&["TTL", &key]),
+        "the index lives as long as its last session"
+    );
 
     // TTL: the remaining absolute lifetime (1 h) plus ended_memory (1 h by default).
     let ttl = redis.int(&["TTL", &key]);
@@ -568,7 +654,9 @@ async fn redis_down_fails_session_routes_closed_and_they_recover_when_it_returns
     };
     let response = proxy.get("/app/back", &[("cookie", &cookie(&id))]).await;
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(redis.keys("*"), vec![redis_key(&id)]);
+    let mut keys = redis.keys("*");
+    keys.sort();
+    assert_eq!(keys, vec![redis_key(&id), index_key("alice")]);
     // The session from before the restart is gone with the data: unknown, not an error.
     let response = proxy.get("/app/old", &[("cookie", &c)]).await;
     assert_eq!(response.status, 401);
@@ -596,7 +684,10 @@ async fn a_proxy_started_before_redis_connects_once_it_is_up() {
     let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
     assert_eq!(response.status, 503, "{}", response.text());
     let response = proxy
-        .get("/app/x", &[("cookie", &cookie(&"A".repeat(43)))])
+        .get(
+            "/app/x",
+            &[("cookie", &cookie(&unknown_session_value('A')))],
+        )
         .await;
     assert_eq!(response.status, 503);
     let response = proxy
@@ -973,4 +1064,154 @@ async fn a_password_change_revokes_sessions_on_every_instance_sharing_redis() {
     );
     let response = b.get("/app/legacy", &[json, ("cookie", &bob)]).await;
     assert_proxy_made(&b, &response, 401, "deny", "session_revoked").await;
+}
+
+/// Issue 13, unbounded sessions and the key layout, on Redis with two instances: a browser
+/// resending Basic with its cookies keeps one session (50 navigations, one `Set-Cookie`, one
+/// session key); clients without cookies start one each, but `max_per_user = 3` holds across
+/// instances: the 4th live session ends the oldest, which both instances then refuse as
+/// `session_revoked` with the detail, and the user's index never holds more than 3. Every key
+/// one user's sessions use shares one hash tag (one Redis Cluster slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_cap_and_session_reuse_hold_on_redis_and_keys_share_a_slot() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let a = start_with(&upstream, &redis.url(), "max_per_user = 3").await;
+    let b = start_with(&upstream, &redis.url(), "max_per_user = 3").await;
+    let alice_tag = format!("u:{}", user_tag("alice"));
+    let auth = basic("alice", ALICE_PW);
+    let navigation = [("authorization", auth.as_str()), ("accept", "text/html")];
+
+    let jar = Jar::default();
+    let mut set_cookies = 0;
+    for n in 0..50 {
+        let proxy = if n % 2 == 0 { &a } else { &b };
+        let response = jar.get(proxy, &format!("/nav/{n}"), &navigation).await;
+        assert_eq!(response.status, 200, "{n}: {}", response.text());
+        set_cookies += response.header_all("set-cookie").len();
+    }
+    assert_eq!(set_cookies, 1, "one session for 50 navigations");
+    let first = jar.header().expect("the jar keeps the session cookie");
+    let sessions_of_alice = |redis: &Redis| {
+        scan(redis)
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("portcullis:{{{alice_tag}}}:s:")))
+            .count()
+    };
+    assert_eq!(sessions_of_alice(&redis), 1, "{:?}", scan(&redis));
+
+    // Without cookies: each navigation is a new login.
+    let bob = b
+        .get(
+            "/nav/bob",
+            &[
+                ("authorization", &basic("bob", BOB_PW)),
+                ("accept", "text/html"),
+            ],
+        )
+        .await;
+    let bob = cookie(&session_id(&bob));
+    let mut later = Vec::new();
+    for (n, proxy) in [&b, &a, &b].into_iter().enumerate() {
+        let response = proxy.get(&format!("/fresh/{n}"), &navigation).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        later.push(cookie(&session_id(&response)));
+    }
+    for proxy in [&a, &b] {
+        for _ in 0..2 {
+            let response = proxy.get("/app/first", &[("cookie", &first)]).await;
+            assert_eq!(response.status, 401, "{}", response.text());
+            let event = proxy.access_of(&response).await;
+            assert_eq!(event["reason"], "session_revoked", "{event}");
+            assert_eq!(
+                event["detail"],
+                "ended because alice started a 4th session; session.max_per_user = 3",
+                "{event}"
+            );
+        }
+    }
+    for c in later.iter().chain([&bob]) {
+        assert_eq!(a.get("/app/x", &[("cookie", c)]).await.status, 200, "{c}");
+    }
+    assert_eq!(redis.int(&["ZCARD", &index_key("alice")]), 3);
+    assert_eq!(
+        sessions_of_alice(&redis),
+        4,
+        "three sessions and a tombstone"
+    );
+
+    // Ten more logins: still three live, and the index holds only them.
+    for n in 0..10 {
+        let response = a.get(&format!("/more/{n}"), &navigation).await;
+        later.push(cookie(&session_id(&response)));
+    }
+    assert_eq!(redis.int(&["ZCARD", &index_key("alice")]), 3);
+    let mut admitted = 0;
+    for c in &later {
+        if b.get("/app/x", &[("cookie", c)]).await.status == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "exactly max_per_user live sessions");
+
+    // The layout: every key carries a hash tag; alice's session keys and her index share one,
+    // bob's are apart.
+    let keys = scan(&redis);
+    for key in &keys {
+        assert!(key.starts_with("portcullis:{"), "{key}");
+        assert_ne!(hash_tag(key), key.as_str(), "no hash tag: {key}");
+    }
+    let alices: Vec<&String> = keys.iter().filter(|k| hash_tag(k) == alice_tag).collect();
+    assert_eq!(
+        alices.len(),
+        14 + 1,
+        "14 sessions or tombstones and the index: {keys:?}"
+    );
+    assert!(alices.contains(&&index_key("alice")));
+    let bob_value = bob.split_once('=').unwrap().1;
+    assert_eq!(
+        hash_tag(&redis_key(bob_value)),
+        format!("u:{}", user_tag("bob"))
+    );
+    assert!(keys.contains(&redis_key(bob_value)));
+    assert!(keys.contains(&index_key("bob")));
+}
+
+/// Issue 13: sessions past their idle deadline are not live; a login drops them from the
+/// user's index without revoking anything (each later tells its own end, `idle`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_leave_the_index_and_do_not_count_toward_the_cap() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let proxy = start_with(
+        &upstream,
+        &redis.url(),
+        "max_per_user = 2\nidle_timeout = \"1s\"\nabsolute_timeout = \"1h\"",
+    )
+    .await;
+    let old = [login(&proxy).await, login(&proxy).await];
+    assert_eq!(redis.int(&["ZCARD", &index_key("alice")]), 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let new = login(&proxy).await;
+    assert_eq!(
+        redis.int(&["ZCARD", &index_key("alice")]),
+        1,
+        "only the new one"
+    );
+    for value in old {
+        let response = proxy.get("/app/x", &[("cookie", &cookie(&value))]).await;
+        assert_eq!(response.status, 401);
+        assert_eq!(
+            proxy.access_of(&response).await["reason"],
+            "session_idle_timeout"
+        );
+    }
+    let response = proxy.get("/app/x", &[("cookie", &cookie(&new))]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
 }

@@ -27,6 +27,10 @@ const MAX_COOKIES: usize = 4;
 /// A session id is 32 random bytes (256 bits) in URL-safe base64: 43 characters.
 const ID_BYTES: usize = 32;
 const ID_CHARS: usize = 43;
+/// The cookie carries `<id>.<tag>`: the user's tag names the Redis hash slot of the session
+/// (see [`UserTag`]), so the lookup needs it before the session is read.
+const TAG_CHARS: usize = 8;
+const COOKIE_CHARS: usize = ID_CHARS + 1 + TAG_CHARS;
 
 /// What the store keeps about a session. The id itself is never stored: the store's key is
 /// the SHA-256 of the id, so a leaked store dump cannot be replayed as cookies.
@@ -111,12 +115,105 @@ impl EndReason {
 pub enum Stored {
     /// Live (as far as the store knows: the deadlines are checked here).
     Live(SessionRecord),
-    /// Ended, and why.
-    Ended(EndReason),
+    /// Ended, why, and (when the end was decided elsewhere, e.g. by a later login past
+    /// `max_per_user`) the detail the refusal carries.
+    Ended(EndReason, Option<String>),
 }
 
-/// The store key of a session id.
-pub type SessionKey = [u8; 32];
+/// The first four bytes of the SHA-256 of a user name, as 8 hex digits in the cookie and in
+/// the Redis keys (`portcullis:{u:<tag>}:…`). Every key one session operation touches (the
+/// session, its user's index) carries the same hash tag, so on a Redis Cluster they share a
+/// slot. Not a secret and not unique: two users may share a tag (their indexes stay apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserTag(pub [u8; 4]);
+
+impl UserTag {
+    /// The tag of `user`.
+    pub fn of(user: &str) -> Self {
+        let digest = Sha256::digest(user.as_bytes());
+        UserTag([digest[0], digest[1], digest[2], digest[3]])
+    }
+
+    /// 8 lowercase hex digits.
+    pub fn hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        if text.len() != TAG_CHARS || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        let mut tag = [0u8; 4];
+        hex::decode_to_slice(text, &mut tag).ok()?;
+        Some(UserTag(tag))
+    }
+}
+
+/// Where the store keeps a session: its user's tag and the SHA-256 of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// The session's user's tag (from the cookie).
+    pub tag: UserTag,
+    /// The SHA-256 of the id.
+    pub hash: [u8; 32],
+}
+
+/// What a new login past `max_per_user` does: the deadlines that decide which of the user's
+/// sessions are still live, the cap, and the words of the refusal the ended ones then get.
+#[derive(Debug, Clone)]
+pub struct Cap {
+    /// Live sessions allowed per user.
+    pub max: usize,
+    /// Now (Unix milliseconds).
+    pub now_ms: u64,
+    /// The idle timeout in milliseconds.
+    pub idle_ms: u64,
+    /// The absolute timeout in milliseconds.
+    pub absolute_ms: u64,
+    /// The user signing in.
+    pub user: String,
+}
+
+impl Cap {
+    /// Whether a session with this record is live now.
+    pub fn live(&self, created_ms: u64, last_seen_ms: u64) -> bool {
+        self.now_ms < created_ms.saturating_add(self.absolute_ms)
+            && self.now_ms < last_seen_ms.saturating_add(self.idle_ms)
+    }
+
+    /// The detail an ended session's refusal carries, when the new login is the `nth` live.
+    pub fn detail(&self, nth: usize) -> String {
+        format!(
+            "{}{}{}",
+            self.detail_before(),
+            ordinal(nth),
+            self.detail_after()
+        )
+    }
+
+    /// The words before the ordinal (the Redis script puts them together).
+    pub fn detail_before(&self) -> String {
+        format!("ended because {} started a ", self.user)
+    }
+
+    /// The words after the ordinal.
+    pub fn detail_after(&self) -> String {
+        format!(" session; session.max_per_user = {}", self.max)
+    }
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, `11th`, `21st`, … (the Redis create script has the same rule).
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
 
 /// A valid session and what the caller may be told about it.
 #[derive(Debug, Clone)]
@@ -141,6 +238,7 @@ pub struct Sessions {
     idle: Duration,
     absolute: Duration,
     ended_memory: Duration,
+    max_per_user: usize,
     secure: bool,
     domain: Option<String>,
 }
@@ -173,6 +271,7 @@ impl Sessions {
             idle: config.idle_timeout.0,
             absolute: config.absolute_timeout.0,
             ended_memory: config.ended_memory.0,
+            max_per_user: usize::try_from(config.max_per_user).unwrap_or(usize::MAX),
             secure: config.cookie_secure,
             domain: (!config.cookie_domain.is_empty()).then(|| config.cookie_domain.clone()),
         })
@@ -193,11 +292,11 @@ impl Sessions {
         &self.store
     }
 
-    /// The ids of the first [`MAX_COOKIES`] cookies of our name that are well-formed.
+    /// The values of the first [`MAX_COOKIES`] cookies of our name that are well-formed.
     pub fn cookie_ids<'a>(&self, headers: &'a HeaderMap) -> Vec<&'a str> {
         cookie_values(headers, &self.cookie_name)
             .take(MAX_COOKIES)
-            .filter(|v| well_formed_id(v))
+            .filter(|v| parse_cookie(v).is_some())
             .collect()
     }
 
@@ -217,17 +316,7 @@ impl Sessions {
     ) -> Result<(String, ActiveSession), Refusal> {
         let mut refused: Option<Refusal> = None;
         for value in cookie_values(headers, &self.cookie_name).take(MAX_COOKIES) {
-            let result = if well_formed_id(value) {
-                self.check(value, config).await
-            } else {
-                Err(Denial::of(
-                    Scheme::Session,
-                    DenyReason::SessionUnknown,
-                    "the session cookie is not one this proxy issued",
-                )
-                .into())
-            };
-            match result {
+            match self.check(value, config).await {
                 Ok(active) => return Ok((value.to_string(), active)),
                 Err(Refusal::Fail(failure)) => return Err(failure.into()),
                 Err(refusal) => {
@@ -251,13 +340,24 @@ impl Sessions {
         }))
     }
 
-    /// Checks a session id; on success moves the idle deadline (writing the store at most
-    /// once per tenth of the idle timeout) and never the absolute one. A session found ended
-    /// becomes a tombstone, so every later request with it gets the same reason. A session
-    /// whose user's password is no longer the one it was started with, or whose user is gone,
-    /// is revoked (see [`Sessions::credential_changed`]).
-    pub async fn check(&self, id: &str, config: &Config) -> Result<ActiveSession, Refusal> {
-        let key = store_key(id);
+    /// Checks a session cookie value; on success moves the idle deadline (writing the store at
+    /// most once per tenth of the idle timeout) and never the absolute one. A session found
+    /// ended becomes a tombstone, so every later request with it gets the same reason. A
+    /// session whose user's password is no longer the one it was started with, or whose user
+    /// is gone, is revoked (see [`credential_changed`]).
+    pub async fn check(&self, value: &str, config: &Config) -> Result<ActiveSession, Refusal> {
+        match parse_cookie(value) {
+            Some(key) => self.check_key(key, config).await,
+            None => Err(Denial::of(
+                Scheme::Session,
+                DenyReason::SessionUnknown,
+                "the session cookie is not one this proxy issued",
+            )
+            .into()),
+        }
+    }
+
+    async fn check_key(&self, key: SessionKey, config: &Config) -> Result<ActiveSession, Refusal> {
         let now = now_ms();
         let record = match self.store.get(&key).await.map_err(store_failure)? {
             None => {
@@ -268,7 +368,7 @@ impl Sessions {
                 )
                 .into())
             }
-            Some(Stored::Ended(reason)) => return Err(self.ended(reason).into()),
+            Some(Stored::Ended(reason, detail)) => return Err(self.ended(reason, detail).into()),
             Some(Stored::Live(record)) => record,
         };
         let absolute_expires_ms = record.created_ms.saturating_add(millis(self.absolute));
@@ -283,7 +383,7 @@ impl Sessions {
             // Best effort: if the tombstone cannot be written, the next request computes the
             // same end from the same record.
             let _ = self.store.end(&key, reason).await;
-            return Err(self.ended(reason).into());
+            return Err(self.ended(reason, None).into());
         }
         if let Some(change) = credential_changed(&record, config) {
             let denial = Denial::of(Scheme::Session, DenyReason::SessionRevoked, change.detail);
@@ -313,8 +413,9 @@ impl Sessions {
         })
     }
 
-    /// The denial for a session that ended.
-    fn ended(&self, reason: EndReason) -> Denial {
+    /// The denial for a session that ended; `detail` (from the tombstone) says why, when the
+    /// end was decided elsewhere.
+    fn ended(&self, reason: EndReason, detail: Option<String>) -> Denial {
         match reason {
             EndReason::Idle => Denial::of(
                 Scheme::Session,
@@ -335,17 +436,26 @@ impl Sessions {
             EndReason::Revoked => Denial::of(
                 Scheme::Session,
                 DenyReason::SessionRevoked,
-                "the session was ended because its user's password changed or the user was removed",
+                detail.unwrap_or_else(|| {
+                    "the session was ended because its user's password changed or the user was removed".to_string()
+                }),
             ),
         }
     }
 
     /// Starts a session for a password user under a fresh id (never one the client offered),
-    /// recording the fingerprint of the password it was started with.
+    /// recording the fingerprint of the password it was started with, and returns the cookie
+    /// value. Past `max_per_user` live sessions, the user's oldest end (a tombstone saying why),
+    /// in the same store operation.
     pub async fn create(&self, user: &User) -> Result<String, Failure> {
         let mut bytes = [0u8; ID_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let tag = UserTag::of(&user.name);
+        let key = SessionKey {
+            tag,
+            hash: Sha256::digest(id.as_bytes()).into(),
+        };
         let now = now_ms();
         let record = SessionRecord {
             user: user.name.clone(),
@@ -357,19 +467,27 @@ impl Sessions {
         let expires = now
             .saturating_add(millis(self.absolute))
             .saturating_add(millis(self.ended_memory));
+        let cap = Cap {
+            max: self.max_per_user,
+            now_ms: now,
+            idle_ms: millis(self.idle),
+            absolute_ms: millis(self.absolute),
+            user: user.name.clone(),
+        };
         self.store
-            .put(&store_key(&id), &record, expires)
+            .create(&key, &record, expires, &cap)
             .await
             .map_err(store_failure)?;
-        Ok(id)
+        Ok(format!("{id}.{}", tag.hex()))
     }
 
-    /// Ends a session in the store; its cookie is refused from now on, even if replayed.
-    pub async fn delete(&self, id: &str) -> Result<(), Failure> {
-        self.store
-            .delete(&store_key(id))
-            .await
-            .map_err(store_failure)
+    /// Ends the session a cookie value names in the store; its cookie is refused from now on,
+    /// even if replayed. A value that is not one of ours names nothing.
+    pub async fn delete(&self, value: &str) -> Result<(), Failure> {
+        let Some(key) = parse_cookie(value) else {
+            return Ok(());
+        };
+        self.store.delete(&key).await.map_err(store_failure)
     }
 
     /// `Set-Cookie` for a new session. The browser keeps the cookie as long as the store
@@ -454,9 +572,20 @@ fn store_failure(err: StoreError) -> Failure {
     )
 }
 
-/// The SHA-256 of a session id: what the store is keyed by.
-pub fn store_key(id: &str) -> SessionKey {
-    Sha256::digest(id.as_bytes()).into()
+/// The store key a cookie value names, if the value has our shape (`<id>.<tag>`): the user's
+/// tag and the SHA-256 of the id. Anything else (a pre-tag cookie included) names no session.
+pub fn parse_cookie(value: &str) -> Option<SessionKey> {
+    if value.len() != COOKIE_CHARS {
+        return None;
+    }
+    let (id, tag) = value.split_once('.')?;
+    if !well_formed_id(id) {
+        return None;
+    }
+    Some(SessionKey {
+        tag: UserTag::parse(tag)?,
+        hash: Sha256::digest(id.as_bytes()).into(),
+    })
 }
 
 fn well_formed_id(value: &str) -> bool {
@@ -616,8 +745,40 @@ mod tests {
     }
 
     #[test]
-    fn store_key_is_not_the_id() {
+    fn cookies_must_carry_a_well_formed_id_and_tag() {
         let id = "x".repeat(43);
-        assert_ne!(&store_key(&id)[..], id.as_bytes());
+        let tag = UserTag::of("alice");
+        let key = parse_cookie(&format!("{id}.{}", tag.hex())).expect("ours");
+        assert_eq!(key.tag, tag);
+        assert_ne!(&key.hash[..], id.as_bytes(), "the store key is not the id");
+        for value in [
+            id.clone(),
+            format!("{id}.{}", tag.hex().to_uppercase()),
+            format!("{id}.{}", &tag.hex()[..7]),
+            format!("{id}:{}", tag.hex()),
+            format!("{}.{}0", &id[..42], tag.hex()),
+            format!("{id}.zzzzzzzz"),
+        ] {
+            assert!(parse_cookie(&value).is_none(), "{value}");
+        }
+    }
+
+    #[test]
+    fn ordinals() {
+        let cases = [
+            (1, "1st"),
+            (2, "2nd"),
+            (3, "3rd"),
+            (4, "4th"),
+            (11, "11th"),
+            (12, "12th"),
+        ];
+        for (n, text) in
+            cases
+                .into_iter()
+                .chain([(13, "13th"), (21, "21st"), (33, "33rd"), (112, "112th")])
+        {
+            assert_eq!(ordinal(n), text);
+        }
     }
 }

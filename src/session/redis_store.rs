@@ -1,8 +1,15 @@
 //! Sessions in Redis, so several instances share them. Keys expire at the session's absolute
 //! deadline plus `ended_memory`, so Redis forgets sessions and their tombstones by itself.
-//! A session is a hash: `u` user, `c` created, `s` last seen (Unix ms), `p` the fingerprint of
-//! the password it was started with (16 hex digits; absent from records of older versions);
-//! a tombstone holds only `e`, the end reason.
+//!
+//! Key layout: every key one operation touches carries its user's hash tag, so on a Redis
+//! Cluster they live in one slot (and one Lua script may touch them all):
+//! - `portcullis:{u:<tag>}:s:<hex SHA-256 of the id>`: a session, a hash: `u` user, `c`
+//!   created, `s` last seen (Unix ms), `p` the fingerprint of the password it was started with
+//!   (16 hex digits; absent from records of older versions); or its tombstone: `e` the end
+//!   reason, and `d` the detail when the store decided the end (`max_per_user`);
+//! - `portcullis:{u:<tag>}:sessions:<hex SHA-256 of the user>`: the user's sessions, a sorted
+//!   set of id hashes by creation time, for `max_per_user`. Two users sharing a tag share a
+//!   slot, not an index.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,11 +17,66 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use super::{EndReason, Fingerprint, SessionKey, SessionRecord, StoreError, Stored};
+use sha2::{Digest, Sha256};
+
+use super::{Cap, EndReason, Fingerprint, SessionKey, SessionRecord, StoreError, Stored, UserTag};
 
 /// Longest wait for Redis before the request fails closed with 503.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
-const KEY_PREFIX: &str = "portcullis:session:";
+
+/// Creates a session (KEYS[1]) and adds it to its user's index (KEYS[2]), ending the user's
+/// oldest live sessions past the cap. Members of the index that are ended, gone or past a
+/// deadline are dropped on the way, so the index never holds more than the cap plus what ended
+/// since the user's last login. The session keys it reads share KEYS[2]'s hash tag (ARGV[8] is
+/// their prefix), so they are in its slot.
+/// ARGV: user, now, expiry, max, idle ms, absolute ms, member, session key prefix, the
+/// detail's words before and after the ordinal, and the password fingerprint ("" for none).
+/// Returns how many sessions it ended.
+const CREATE_SCRIPT: &str = r"
+local now = tonumber(ARGV[2])
+local idle = tonumber(ARGV[5])
+local absolute = tonumber(ARGV[6])
+local live = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[8] .. member, 'u', 'c', 's')
+  local c, s = tonumber(f[2]), tonumber(f[3])
+  if f[1] and c and s and now < c + absolute and now < s + idle then
+    live[#live + 1] = member
+  else
+    redis.call('ZREM', KEYS[2], member)
+  end
+end
+local nth = #live + 1
+local over = nth - tonumber(ARGV[4])
+if over > 0 then
+  local suffix = 'th'
+  if nth % 100 < 11 or nth % 100 > 13 then
+    if nth % 10 == 1 then suffix = 'st' elseif nth % 10 == 2 then suffix = 'nd'
+    elseif nth % 10 == 3 then suffix = 'rd' end
+  end
+  local detail = ARGV[9] .. nth .. suffix .. ARGV[10]
+  for i = 1, over do
+    local key = ARGV[8] .. live[i]
+    -- HSET first: a hash emptied by HDEL is deleted, and its expiry with it.
+    redis.call('HSET', key, 'e', 'revoked', 'd', detail)
+    redis.call('HDEL', key, 'u', 'c', 's', 'p')
+    redis.call('ZREM', KEYS[2], live[i])
+  end
+else
+  over = 0
+end
+redis.call('HSET', KEYS[1], 'u', ARGV[1], 'c', ARGV[2], 's', ARGV[2])
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], 'p', ARGV[11])
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[7])
+-- The index lives as long as its longest-lived session.
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) - now then
+  redis.call('PEXPIREAT', KEYS[2], ARGV[3])
+end
+return over
+";
 
 /// Touches a session only if it still exists: a logout on another instance must not be undone
 /// by a late idle refresh here.
@@ -45,6 +107,7 @@ pub struct RedisStore {
     connection: OnceCell<ConnectionManager>,
     touch: redis::Script,
     end: redis::Script,
+    create: redis::Script,
 }
 
 impl RedisStore {
@@ -57,6 +120,7 @@ impl RedisStore {
             connection: OnceCell::new(),
             touch: redis::Script::new(TOUCH_SCRIPT),
             end: redis::Script::new(END_SCRIPT),
+            create: redis::Script::new(CREATE_SCRIPT),
         })
     }
 
@@ -104,6 +168,7 @@ impl RedisStore {
             // the session.
             return Ok(Some(Stored::Ended(
                 EndReason::from_code(code).unwrap_or(EndReason::Absolute),
+                fields.get("d").cloned(),
             )));
         }
         let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
@@ -123,36 +188,33 @@ impl RedisStore {
         Ok(record)
     }
 
-    pub(super) async fn put(
+    pub(super) async fn create(
         &self,
         key: &SessionKey,
         record: &SessionRecord,
         expires_ms: u64,
+        cap: &Cap,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let name = redis_key(key);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
-            .arg(&name)
-            .arg("u")
+        let mut invocation = self.create.key(redis_key(key));
+        invocation
+            .key(index_key(key.tag, &record.user))
             .arg(&record.user)
-            .arg("c")
             .arg(record.created_ms)
-            .arg("s")
-            .arg(record.last_seen_ms);
-        if let Some(credential) = record.credential {
-            pipe.arg("p").arg(credential.to_hex());
-        }
-        pipe.ignore()
-            .cmd("PEXPIREAT")
-            .arg(&name)
             .arg(expires_ms)
-            .ignore();
-        match tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
-            Ok(result) => result.map_err(|e| StoreError::Redis(e.to_string())),
-            Err(_) => Err(StoreError::Redis("timed out".to_string())),
-        }
+            .arg(cap.max)
+            .arg(cap.idle_ms)
+            .arg(cap.absolute_ms)
+            .arg(hex::encode(key.hash))
+            .arg(session_prefix(key.tag))
+            .arg(cap.detail_before())
+            .arg(cap.detail_after())
+            .arg(
+                record
+                    .credential
+                    .map(Fingerprint::to_hex)
+                    .unwrap_or_default(),
+            );
+        self.script::<i64>(&invocation).await.map(|_| ())
     }
 
     /// Runs a pipeline (the Redis failure counters' scripts) with the store's timeout.
@@ -216,6 +278,47 @@ impl RedisStore {
     }
 }
 
+/// `portcullis:{u:<tag>}:s:`
+fn session_prefix(tag: UserTag) -> String {
+    format!("portcullis:{{u:{}}}:s:", tag.hex())
+}
+
+/// The key of a session: its user's hash tag and the SHA-256 of its id.
 fn redis_key(key: &SessionKey) -> String {
-    format!("{KEY_PREFIX}{}", hex::encode(key))
+    format!("{}{}", session_prefix(key.tag), hex::encode(key.hash))
+}
+
+/// The key of a user's index of sessions (same hash tag as the user's sessions).
+fn index_key(tag: UserTag, user: &str) -> String {
+    format!(
+        "portcullis:{{u:{}}}:sessions:{}",
+        tag.hex(),
+        hex::encode(Sha256::digest(user.as_bytes()))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_keys_share_one_hash_tag() {
+        let tag = UserTag::of("alice");
+        let session = redis_key(&SessionKey {
+            tag,
+            hash: [0xab; 32],
+        });
+        let index = index_key(tag, "alice");
+        let hash_tag = format!("portcullis:{{u:{}}}:", tag.hex());
+        assert_eq!(session, format!("{hash_tag}s:{}", "ab".repeat(32)));
+        assert!(
+            index.starts_with(&format!("{hash_tag}sessions:")),
+            "{index}"
+        );
+        assert_ne!(
+            index,
+            index_key(tag, "alice2"),
+            "one index per user, not per tag"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use super::redis_store::RedisStore;
-use super::{now_ms, EndReason, Fingerprint, SessionKey, SessionRecord, Stored};
+use super::{now_ms, Cap, EndReason, Fingerprint, SessionKey, SessionRecord, Stored};
 use crate::config::file::SessionStoreKind;
 use crate::config::SessionSection;
 
@@ -58,19 +58,23 @@ impl Store {
         }
     }
 
-    /// Writes a new session that the store forgets at `expires_ms`.
-    pub async fn put(
+    /// Writes a new session that the store forgets at `expires_ms`, adds it to its user's
+    /// index and, past `cap.max` live sessions, ends the user's oldest as tombstones saying
+    /// why; one atomic step, so concurrent logins cannot overshoot the cap. The index is
+    /// trimmed of ended and expired members on the way, so it never outgrows the cap.
+    pub async fn create(
         &self,
         key: &SessionKey,
         record: &SessionRecord,
         expires_ms: u64,
+        cap: &Cap,
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
-                m.put(key, record, expires_ms);
+                m.create(key, record, expires_ms, cap);
                 Ok(())
             }
-            Store::Redis(r) => r.put(key, record, expires_ms).await,
+            Store::Redis(r) => r.create(key, record, expires_ms, cap).await,
         }
     }
 
@@ -143,7 +147,15 @@ impl Store {
 /// An in-process map from key to session, swept in the background.
 #[derive(Default)]
 pub struct MemoryStore {
-    sessions: RwLock<HashMap<SessionKey, MemoryEntry>>,
+    inner: RwLock<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    sessions: HashMap<SessionKey, MemoryEntry>,
+    /// Each user's sessions, oldest first, for `max_per_user`: trimmed of ended and expired
+    /// ones when a login finds the list full, and of ended and forgotten ones by the sweeper.
+    by_user: HashMap<Arc<str>, Vec<SessionKey>>,
 }
 
 struct MemoryEntry {
@@ -156,6 +168,9 @@ struct MemoryEntry {
     credential: Option<Fingerprint>,
     /// `LIVE`, or the end reason of a tombstone (see `end_code`).
     ended: AtomicU8,
+    /// What the refusal says, for an end decided by the store (`max_per_user`). Written only
+    /// under the write lock.
+    detail: Option<Arc<str>>,
 }
 
 const LIVE: u8 = 0;
@@ -179,10 +194,13 @@ fn end_reason(code: u8) -> Option<EndReason> {
 
 impl MemoryStore {
     fn get(&self, key: &SessionKey) -> Option<Stored> {
-        let sessions = self.sessions.read();
-        let entry = sessions.get(key)?;
+        let inner = self.inner.read();
+        let entry = inner.sessions.get(key)?;
         if let Some(reason) = end_reason(entry.ended.load(Ordering::Relaxed)) {
-            return Some(Stored::Ended(reason));
+            return Some(Stored::Ended(
+                reason,
+                entry.detail.as_deref().map(str::to_string),
+            ));
         }
         Some(Stored::Live(SessionRecord {
             user: entry.user.to_string(),
@@ -192,26 +210,57 @@ impl MemoryStore {
         }))
     }
 
-    fn put(&self, key: &SessionKey, record: &SessionRecord, expires_ms: u64) {
+    fn create(&self, key: &SessionKey, record: &SessionRecord, expires_ms: u64, cap: &Cap) {
+        let mut guard = self.inner.write();
+        let MemoryInner { sessions, by_user } = &mut *guard;
+        let user: Arc<str> = by_user
+            .get_key_value(record.user.as_str())
+            .map_or_else(|| Arc::from(record.user.as_str()), |(k, _)| k.clone());
+        // In creation order (pushed under this lock), so the oldest come first. Trimmed only
+        // when full: the list never outgrows the cap, and a login under it costs no scan.
+        let mine = by_user.entry(user.clone()).or_default();
+        if mine.len() >= cap.max {
+            mine.retain(|k| {
+                sessions.get(k).is_some_and(|e| {
+                    e.ended.load(Ordering::Relaxed) == LIVE
+                        && cap.live(e.created_ms, e.last_seen_ms.load(Ordering::Relaxed))
+                })
+            });
+        }
+        let nth = mine.len() + 1;
+        let over = nth.saturating_sub(cap.max);
+        if over > 0 {
+            let detail: Arc<str> = Arc::from(cap.detail(nth));
+            for old in mine.drain(..over) {
+                if let Some(entry) = sessions.get_mut(&old) {
+                    entry
+                        .ended
+                        .store(end_code(EndReason::Revoked), Ordering::Relaxed);
+                    entry.detail = Some(detail.clone());
+                }
+            }
+        }
+        mine.push(*key);
         let entry = MemoryEntry {
-            user: Arc::from(record.user.as_str()),
+            user,
             created_ms: record.created_ms,
             last_seen_ms: AtomicU64::new(record.last_seen_ms),
             expires_ms,
             credential: record.credential,
             ended: AtomicU8::new(LIVE),
+            detail: None,
         };
-        self.sessions.write().insert(*key, entry);
+        sessions.insert(*key, entry);
     }
 
     fn touch(&self, key: &SessionKey, now_ms: u64) {
-        if let Some(entry) = self.sessions.read().get(key) {
+        if let Some(entry) = self.inner.read().sessions.get(key) {
             entry.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
         }
     }
 
     fn end(&self, key: &SessionKey, reason: EndReason) {
-        if let Some(entry) = self.sessions.read().get(key) {
+        if let Some(entry) = self.inner.read().sessions.get(key) {
             // The first end wins: two racing requests must not tell different stories.
             let _ = entry.ended.compare_exchange(
                 LIVE,
@@ -223,13 +272,15 @@ impl MemoryStore {
     }
 
     fn delete(&self, key: &SessionKey) {
-        self.sessions.write().remove(key);
+        // The user's index forgets it when the user next signs in, or at the next sweep.
+        self.inner.write().sessions.remove(key);
     }
 
     /// Live sessions (tombstones not counted).
     fn len(&self) -> usize {
-        self.sessions
+        self.inner
             .read()
+            .sessions
             .values()
             .filter(|e| e.ended.load(Ordering::Relaxed) == LIVE)
             .count()
@@ -238,9 +289,17 @@ impl MemoryStore {
     /// Drops sessions and tombstones past their expiry (absolute deadline + `ended_memory`).
     fn sweep(&self) {
         let now = now_ms();
-        self.sessions
-            .write()
-            .retain(|_, entry| now < entry.expires_ms);
+        let mut guard = self.inner.write();
+        let MemoryInner { sessions, by_user } = &mut *guard;
+        sessions.retain(|_, entry| now < entry.expires_ms);
+        by_user.retain(|_, keys| {
+            keys.retain(|k| {
+                sessions
+                    .get(k)
+                    .is_some_and(|e| e.ended.load(Ordering::Relaxed) == LIVE)
+            });
+            !keys.is_empty()
+        });
     }
 
     fn spawn_sweeper(store: &Arc<Self>, every: Duration) {
@@ -260,6 +319,24 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::UserTag;
+
+    fn key(n: u8) -> SessionKey {
+        SessionKey {
+            tag: UserTag::of("alice"),
+            hash: [n; 32],
+        }
+    }
+
+    fn cap(max: usize, now_ms: u64) -> Cap {
+        Cap {
+            max,
+            now_ms,
+            idle_ms: 60_000,
+            absolute_ms: 600_000,
+            user: "alice".into(),
+        }
+    }
 
     #[test]
     fn memory_store_round_trip_tombstones_and_sweep() {
@@ -271,21 +348,92 @@ mod tests {
             last_seen_ms: now,
             credential: Some(Fingerprint([7; 8])),
         };
-        store.put(&[1; 32], &record, now + 60_000);
-        store.put(&[2; 32], &record, now.saturating_sub(1));
-        assert_eq!(store.get(&[1; 32]), Some(Stored::Live(record.clone())));
-        store.touch(&[1; 32], now + 5);
-        let Some(Stored::Live(touched)) = store.get(&[1; 32]) else {
+        store.create(&key(1), &record, now + 60_000, &cap(32, now));
+        store.create(&key(2), &record, now.saturating_sub(1), &cap(32, now));
+        assert_eq!(store.get(&key(1)), Some(Stored::Live(record.clone())));
+        store.touch(&key(1), now + 5);
+        let Some(Stored::Live(touched)) = store.get(&key(1)) else {
             panic!("live")
         };
         assert_eq!(touched.last_seen_ms, now + 5);
         store.sweep();
         assert_eq!(store.len(), 1);
-        store.end(&[1; 32], EndReason::Idle);
-        store.end(&[1; 32], EndReason::Absolute);
-        assert_eq!(store.get(&[1; 32]), Some(Stored::Ended(EndReason::Idle)));
+        assert_eq!(store.inner.read().by_user["alice"], vec![key(1)]);
+        store.end(&key(1), EndReason::Idle);
+        store.end(&key(1), EndReason::Absolute);
+        assert_eq!(
+            store.get(&key(1)),
+            Some(Stored::Ended(EndReason::Idle, None))
+        );
         assert_eq!(store.len(), 0);
-        store.delete(&[1; 32]);
-        assert!(store.get(&[1; 32]).is_none());
+        store.delete(&key(1));
+        assert!(store.get(&key(1)).is_none());
+        store.sweep();
+        assert!(store.inner.read().by_user.is_empty(), "the index is swept");
+    }
+
+    #[test]
+    fn a_login_past_the_cap_ends_the_oldest_live_sessions_and_the_index_stays_bounded() {
+        let store = MemoryStore::default();
+        let now = now_ms();
+        let record = |created_ms: u64, last_seen_ms: u64| SessionRecord {
+            user: "alice".into(),
+            created_ms,
+            last_seen_ms,
+            credential: None,
+        };
+        // An idle-expired session (not yet a tombstone) does not count and leaves the index.
+        store.create(
+            &key(9),
+            &record(now - 70_000, now - 70_000),
+            now + 1,
+            &cap(3, now),
+        );
+        for n in 1..=3 {
+            store.create(
+                &key(n),
+                &record(now + u64::from(n), now),
+                now + 600_000,
+                &cap(3, now),
+            );
+        }
+        assert_eq!(store.len(), 4, "the idle one is still stored");
+        assert_eq!(store.inner.read().by_user["alice"].len(), 3);
+        store.create(&key(4), &record(now + 4, now), now + 600_000, &cap(3, now));
+        let ended = Stored::Ended(
+            EndReason::Revoked,
+            Some("ended because alice started a 4th session; session.max_per_user = 3".into()),
+        );
+        assert_eq!(store.get(&key(1)), Some(ended));
+        for n in 2..=4 {
+            assert!(matches!(store.get(&key(n)), Some(Stored::Live(_))), "{n}");
+        }
+        // A lower cap (after a restart) ends as many as needed at once.
+        store.create(&key(5), &record(now + 5, now), now + 600_000, &cap(1, now));
+        for n in 2..=4 {
+            assert!(
+                matches!(
+                    store.get(&key(n)),
+                    Some(Stored::Ended(EndReason::Revoked, Some(_)))
+                ),
+                "{n}"
+            );
+        }
+        assert_eq!(store.inner.read().by_user["alice"], vec![key(5)]);
+        // Another user is not touched.
+        let bob = SessionKey {
+            tag: UserTag::of("bob"),
+            hash: [7; 32],
+        };
+        let mut bob_cap = cap(1, now);
+        bob_cap.user = "bob".into();
+        let bob_record = SessionRecord {
+            user: "bob".into(),
+            created_ms: now,
+            last_seen_ms: now,
+            credential: None,
+        };
+        store.create(&bob, &bob_record, now + 600_000, &bob_cap);
+        assert!(matches!(store.get(&key(5)), Some(Stored::Live(_))));
     }
 }

@@ -108,7 +108,8 @@ pub fn sets_cookie(response: &Resp) -> bool {
         .any(|c| c.starts_with(&format!("{SESSION_COOKIE}=")))
 }
 
-/// The session id a response sets (asserting its shape: 43 URL-safe base64 characters).
+/// The session cookie value a response sets (asserting its shape: `<id>.<tag>`, a 256-bit id in
+/// 43 unpadded base64url characters and the user's 8-hex-digit hash tag).
 pub fn session_id(response: &Resp) -> String {
     let cookie = set_cookie(response);
     let value = cookie
@@ -116,18 +117,30 @@ pub fn session_id(response: &Resp) -> String {
         .and_then(|rest| rest.split(';').next())
         .unwrap()
         .to_string();
-    assert_eq!(
-        value.len(),
-        43,
-        "256-bit id in unpadded base64url: {cookie}"
-    );
+    let (id, tag) = value
+        .split_once('.')
+        .unwrap_or_else(|| panic!("<id>.<tag>: {cookie}"));
+    assert_eq!(id.len(), 43, "256-bit id in unpadded base64url: {cookie}");
     assert!(
-        value
-            .bytes()
+        id.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "{cookie}"
     );
+    assert!(
+        tag.len() == 8 && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "8 hex digits of tag: {cookie}"
+    );
     value
+}
+
+/// A cookie value of our shape that no session has: 43 id characters and a tag.
+pub fn unknown_session_value(fill: char) -> String {
+    format!("{}.00000000", fill.to_string().repeat(43))
+}
+
+/// The hash tag of `user`'s Redis keys and cookies: the first 8 hex digits of its SHA-256.
+pub fn user_tag(user: &str) -> String {
+    sha256_hex(user.as_bytes())[..8].to_string()
 }
 
 /// `portcullis_session=<id>`.
