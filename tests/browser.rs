@@ -357,7 +357,7 @@ async fn a_browser_keeps_the_cookie_past_the_absolute_timeout_and_is_told_why_an
         .get_named_cookie("portcullis_session")
         .await
         .expect("the browser still holds the session cookie after the absolute timeout");
-    assert_eq!(cookie.value().len(), 43, "{cookie:?}");
+    assert_eq!(cookie.value().len(), 43 + 1 + 8, "<id>.<tag>: {cookie:?}");
     browser.goto(&format!("{base}/docs/c")).await.unwrap();
     let url = wait_for_path(&browser, "/.portcullis/login").await;
     assert!(url.contains("ended=absolute"), "{url}");

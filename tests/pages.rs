@@ -350,7 +350,7 @@ async fn a_session_that_ended_says_why_and_offers_to_sign_in_again() {
 
     // A cookie the store does not know (not a navigation, so no redirect): the page, the cookie
     // cleared, a sign-in link.
-    let stale = format!("{COOKIE}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let stale = format!("{COOKIE}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.00000000");
     let response = proxy
         .send("POST", "/doc", &[HTML, ("cookie", &stale)], "x")
         .await;
@@ -451,7 +451,7 @@ async fn an_unreachable_session_store_is_a_plain_busy_page() {
         principals()
     );
     let proxy = Proxy::start(&upstream, &body).await;
-    let cookie = format!("{COOKIE}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let cookie = format!("{COOKIE}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.00000000");
     let response = proxy.get("/doc", &[HTML, ("cookie", &cookie)]).await;
     let page = assert_page(&response, 503, "Temporarily unavailable");
     assert!(page.contains("Try again in a few moments."), "{page}");
