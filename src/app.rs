@@ -224,11 +224,6 @@ impl App {
         tracing::info!("configuration reloaded");
     }
 
-    /// The session manager.
-    pub fn sessions(&self) -> &Sessions {
-        &self.sessions
-    }
-
     /// The current runtime.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()

@@ -85,7 +85,8 @@ impl KeySet {
         Ok((KeySet { keys }, notes))
     }
 
-    /// A set of keys built directly (tests and benchmarks).
+    /// A set of keys built directly, for tests.
+    #[cfg(test)]
     pub fn from_keys(keys: Vec<Key>) -> KeySet {
         KeySet { keys }
     }

@@ -35,7 +35,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// `[identity]`
     pub identity: IdentityConfig,
-    /// `[session]` (parsed and validated; sessions arrive with their own issue).
+    /// `[session]`
     pub session: SessionSection,
     /// `[login]`
     pub login: LoginSection,

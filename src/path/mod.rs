@@ -6,9 +6,8 @@
 //!
 //! # What `http::Uri` (http 1.5.0) already does before we see the path
 //!
-//! Recorded with http 1.5.0 by `tests/uri_behaviour.rs` in the scratch crate
-//! this module was written in; keep it in mind when wiring `normalize` to
-//! `req.uri().path()`:
+//! Recorded with http 1.5.0 (in the scratch crate this module was first written
+//! in). The proxy passes `normalize` the request's `uri().path()`, so:
 //!
 //! * `#`: NOT rejected. The fragment is silently dropped: `"/admin#x"` parses with
 //!   `path() == "/admin"` (also for absolute-form targets). `normalize` therefore
