@@ -1215,3 +1215,42 @@ async fn expired_sessions_leave_the_index_and_do_not_count_toward_the_cap() {
     let response = proxy.get("/app/x", &[("cookie", &cookie(&new))]).await;
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+/// Issue 13: the cap is one atomic step in Redis, so concurrent logins on two instances never
+/// leave more than `max_per_user` live sessions (20 at once, cap 3: exactly 3 admit after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_on_two_instances_never_overshoot_the_cap() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let a = start_with(&upstream, &redis.url(), "max_per_user = 3").await;
+    let b = start_with(&upstream, &redis.url(), "max_per_user = 3").await;
+    let auth = basic("alice", ALICE_PW);
+    let navigation = [("authorization", auth.as_str()), ("accept", "text/html")];
+    // Verified once, so the 20 below are answered from the verification cache at once.
+    assert_eq!(a.get("/warm", &navigation).await.status, 200);
+    assert_eq!(b.get("/warm", &navigation).await.status, 200);
+    let logins = (0..20).map(|n| {
+        let proxy = if n % 2 == 0 { &a } else { &b };
+        let navigation = &navigation;
+        async move {
+            let response = proxy.get(&format!("/burst/{n}"), navigation).await;
+            assert_eq!(response.status, 200, "{}", response.text());
+            cookie(&session_id(&response))
+        }
+    });
+    let cookies = futures_util::future::join_all(logins).await;
+    let mut admitted = 0;
+    for c in &cookies {
+        let response = a.get("/app/x", &[("cookie", c)]).await;
+        match response.status {
+            200 => admitted += 1,
+            401 => assert_eq!(a.access_of(&response).await["reason"], "session_revoked"),
+            other => panic!("{other}: {}", response.text()),
+        }
+    }
+    assert_eq!(admitted, 3, "exactly max_per_user live sessions");
+    assert_eq!(redis.int(&["ZCARD", &index_key("alice")]), 3);
+}

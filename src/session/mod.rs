@@ -344,7 +344,7 @@ impl Sessions {
     /// most once per tenth of the idle timeout) and never the absolute one. A session found
     /// ended becomes a tombstone, so every later request with it gets the same reason. A
     /// session whose user's password is no longer the one it was started with, or whose user
-    /// is gone, is revoked (see [`credential_changed`]).
+    /// is gone, is revoked (see `credential_changed`).
     pub async fn check(&self, value: &str, config: &Config) -> Result<ActiveSession, Refusal> {
         match parse_cookie(value) {
             Some(key) => self.check_key(key, config).await,
