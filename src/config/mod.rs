@@ -9,7 +9,7 @@ pub mod types;
 mod validate;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,19 +190,4 @@ pub struct StaticToken {
     pub scopes: Vec<String>,
     /// Unix seconds after which the token is refused.
     pub expires: Option<i64>,
-}
-
-impl Config {
-    /// Reads and validates a config file. Errors name the file, line, column, key and what
-    /// was expected.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
-        Config::from_toml(path, &text)
-    }
-
-    /// Validates config text as if read from `path` (relative paths inside resolve against
-    /// `path`'s directory).
-    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        validate::build(path, text)
-    }
 }

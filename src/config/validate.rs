@@ -16,6 +16,24 @@ use crate::pages::Pages;
 use crate::policy::RouteTable;
 use crate::response::challenge;
 
+// Here rather than beside `Config`: loading builds the pages, the route table, the JWT
+// verifier and the challenges, and the files that only read a `Config` should not depend on
+// all of that.
+impl Config {
+    /// Reads and validates a config file. Errors name the file, line, column, key and what
+    /// was expected.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Validates config text as if read from `path` (relative paths inside resolve against
+    /// `path`'s directory).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        build(path, text)
+    }
+}
+
 /// hyper's smallest read buffer; a smaller header limit could not be enforced exactly.
 const MIN_HEADER_BYTES: usize = 8192;
 const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -48,7 +66,7 @@ impl Ctx<'_> {
     }
 }
 
-pub(super) fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
+fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ctx = Ctx { path, text };
     let file = parse(&ctx)?;
     let mut warnings = Vec::new();
