@@ -76,9 +76,10 @@ impl Fingerprint {
     }
 }
 
-/// Why a session ended. An ended session stays in the store as a tombstone holding only this,
-/// until its absolute deadline plus `ended_memory`, so that every later request with its cookie
-/// is told the same reason.
+/// Why a session ended. An ended session stays in the store as a tombstone holding only this
+/// (and, when a later login past `max_per_user` ended it, the detail saying so), until its
+/// absolute deadline plus `ended_memory`, so that every later request with its cookie is told
+/// the same reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     /// No request for longer than the idle timeout.
