@@ -308,6 +308,7 @@ impl App {
                 DenyReason::SessionIdleTimeout => Some(Some(EndedNotice::Idle)),
                 DenyReason::SessionAbsoluteTimeout => Some(Some(EndedNotice::Absolute)),
                 DenyReason::SessionRevoked => Some(Some(EndedNotice::Revoked)),
+                DenyReason::SessionCapped => Some(Some(EndedNotice::Capped)),
                 DenyReason::MissingCredentials => Some(None),
                 _ => None,
             },

@@ -41,8 +41,12 @@ pub enum DenyReason {
     /// A session older than the absolute timeout.
     SessionAbsoluteTimeout,
     /// A session ended by the proxy before its time: its user's password changed or the user
-    /// was removed in a reload, or a newer login pushed it past `session.max_per_user`.
+    /// was removed in a reload.
     SessionRevoked,
+    /// A session ended because a newer login of its user went past `session.max_per_user`.
+    /// Logged as `session_revoked` like every end the proxy decides (SPEC §2); its own variant
+    /// only so that the person is told the right cause.
+    SessionCapped,
     /// Authenticated, but not in the route's allow lists.
     UserNotAllowed,
     /// A bearer caller without every scope the route needs.
@@ -82,7 +86,7 @@ impl DenyReason {
             DenyReason::SessionUnknown => "session_unknown",
             DenyReason::SessionIdleTimeout => "session_idle_timeout",
             DenyReason::SessionAbsoluteTimeout => "session_absolute_timeout",
-            DenyReason::SessionRevoked => "session_revoked",
+            DenyReason::SessionRevoked | DenyReason::SessionCapped => "session_revoked",
             DenyReason::UserNotAllowed => "user_not_allowed",
             DenyReason::InsufficientScope => "insufficient_scope",
             DenyReason::MethodNotAllowed => "method_not_allowed",
@@ -283,7 +287,8 @@ fn deny_status(denial: &Denial) -> StatusCode {
         | DenyReason::SessionUnknown
         | DenyReason::SessionIdleTimeout
         | DenyReason::SessionAbsoluteTimeout
-        | DenyReason::SessionRevoked => StatusCode::UNAUTHORIZED,
+        | DenyReason::SessionRevoked
+        | DenyReason::SessionCapped => StatusCode::UNAUTHORIZED,
         // RFC 7617 has no error parameter, so a broken Basic credential is just not accepted;
         // RFC 6750 calls a broken bearer request `invalid_request` (400), and two
         // Authorization headers (no scheme) are a malformed request whatever the route.

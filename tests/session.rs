@@ -1610,6 +1610,27 @@ async fn a_login_past_max_per_user_ends_the_users_oldest_session() {
             "{event}"
         );
     }
+    // A person is told the cause on the login page, not that the account changed.
+    let response = proxy
+        .get(
+            "/app/first",
+            &[("accept", "text/html"), ("cookie", &alice[0])],
+        )
+        .await;
+    assert_login_redirect(&response, "/app/first", Some("capped"));
+    assert_keeps_cookie(&response);
+    let page = proxy
+        .get(
+            &response.header("location").unwrap(),
+            &[("accept", "text/html")],
+        )
+        .await
+        .text();
+    assert!(
+        page.contains("signed in from more browsers or devices than this site allows"),
+        "{page}"
+    );
+    assert!(!page.contains("account changed"), "{page}");
     for c in alice.iter().skip(1).chain([&bob]) {
         let response = proxy.get("/app/x", &[("cookie", c)]).await;
         assert_eq!(response.status, 200, "{c}: {}", response.text());

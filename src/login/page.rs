@@ -13,6 +13,8 @@ pub enum EndedNotice {
     Absolute,
     /// The proxy ended the session because the account changed.
     Revoked,
+    /// A newer sign-in of the same account went past `session.max_per_user`.
+    Capped,
 }
 
 impl EndedNotice {
@@ -22,6 +24,7 @@ impl EndedNotice {
             EndedNotice::Idle => "idle",
             EndedNotice::Absolute => "absolute",
             EndedNotice::Revoked => "revoked",
+            EndedNotice::Capped => "capped",
         }
     }
 
@@ -31,6 +34,7 @@ impl EndedNotice {
             "idle" => Some(EndedNotice::Idle),
             "absolute" => Some(EndedNotice::Absolute),
             "revoked" => Some(EndedNotice::Revoked),
+            "capped" => Some(EndedNotice::Capped),
             _ => None,
         }
     }
@@ -59,6 +63,7 @@ impl LoginPage<'_> {
             Some(EndedNotice::Idle) => pages::idle_ended(self.idle),
             Some(EndedNotice::Absolute) => pages::absolute_ended(self.absolute),
             Some(EndedNotice::Revoked) => pages::REVOKED.to_string(),
+            Some(EndedNotice::Capped) => pages::CAPPED.to_string(),
             None => String::new(),
         }
     }

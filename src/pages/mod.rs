@@ -13,8 +13,8 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
 
 pub use wording::{
-    absolute_ended, describe, idle_ended, plain_duration, Described, Facts, CREDENTIALS_REFUSED,
-    REVOKED, SESSION_ENDED,
+    absolute_ended, describe, idle_ended, plain_duration, Described, Facts, CAPPED,
+    CREDENTIALS_REFUSED, REVOKED, SESSION_ENDED,
 };
 
 /// Every page the proxy can show, by the template that renders it.

@@ -117,6 +117,7 @@ fn describe_denial(reason: DenyReason, retry_after: Option<u64>, facts: &Facts<'
             absolute_ended(facts.absolute),
         ),
         DenyReason::SessionRevoked => said(Page::SessionEnded, SESSION_ENDED, REVOKED),
+        DenyReason::SessionCapped => said(Page::SessionEnded, SESSION_ENDED, CAPPED),
         DenyReason::SessionUnknown => said(
             Page::SessionEnded,
             SESSION_ENDED,
@@ -178,6 +179,11 @@ pub fn idle_ended(idle: Duration) -> String {
 /// The sentence for a session the proxy ended before its time.
 pub const REVOKED: &str = "Your session was ended because your account changed \
      (its password was changed, or it was removed). Sign in again to continue.";
+
+/// The sentence for a session ended by a newer sign-in past `session.max_per_user`.
+pub const CAPPED: &str = "Your session was ended because your account signed in from more \
+     browsers or devices than this site allows at once; the oldest sign-in ends first. Sign in \
+     again to continue.";
 
 /// The sentence for a session that reached its maximum lifetime.
 pub fn absolute_ended(absolute: Duration) -> String {

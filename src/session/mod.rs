@@ -88,6 +88,8 @@ pub enum EndReason {
     Absolute,
     /// Ended by the proxy: the user's password changed or the user was removed.
     Revoked,
+    /// Ended by a newer login of its user past `max_per_user` (the oldest end first).
+    Capped,
 }
 
 impl EndReason {
@@ -97,6 +99,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::Absolute => "absolute",
             EndReason::Revoked => "revoked",
+            EndReason::Capped => "capped",
         }
     }
 
@@ -106,6 +109,7 @@ impl EndReason {
             "idle" => Some(EndReason::Idle),
             "absolute" => Some(EndReason::Absolute),
             "revoked" => Some(EndReason::Revoked),
+            "capped" => Some(EndReason::Capped),
             _ => None,
         }
     }
@@ -439,6 +443,16 @@ impl Sessions {
                 DenyReason::SessionRevoked,
                 detail.unwrap_or_else(|| {
                     "the session was ended because its user's password changed or the user was removed".to_string()
+                }),
+            ),
+            EndReason::Capped => Denial::of(
+                Scheme::Session,
+                DenyReason::SessionCapped,
+                detail.unwrap_or_else(|| {
+                    format!(
+                        "ended because a newer login of its user went past session.max_per_user = {}",
+                        self.max_per_user
+                    )
                 }),
             ),
         }

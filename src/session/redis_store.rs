@@ -58,7 +58,7 @@ if over > 0 then
   for i = 1, over do
     local key = ARGV[8] .. live[i]
     -- HSET first: a hash emptied by HDEL is deleted, and its expiry with it.
-    redis.call('HSET', key, 'e', 'revoked', 'd', detail)
+    redis.call('HSET', key, 'e', 'capped', 'd', detail)
     redis.call('HDEL', key, 'u', 'c', 's', 'p')
     redis.call('ZREM', KEYS[2], live[i])
   end

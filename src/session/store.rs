@@ -180,6 +180,7 @@ fn end_code(reason: EndReason) -> u8 {
         EndReason::Idle => 1,
         EndReason::Absolute => 2,
         EndReason::Revoked => 3,
+        EndReason::Capped => 4,
     }
 }
 
@@ -188,6 +189,7 @@ fn end_reason(code: u8) -> Option<EndReason> {
         1 => Some(EndReason::Idle),
         2 => Some(EndReason::Absolute),
         3 => Some(EndReason::Revoked),
+        4 => Some(EndReason::Capped),
         _ => None,
     }
 }
@@ -235,7 +237,7 @@ impl MemoryStore {
                 if let Some(entry) = sessions.get_mut(&old) {
                     entry
                         .ended
-                        .store(end_code(EndReason::Revoked), Ordering::Relaxed);
+                        .store(end_code(EndReason::Capped), Ordering::Relaxed);
                     entry.detail = Some(detail.clone());
                 }
             }
@@ -401,7 +403,7 @@ mod tests {
         assert_eq!(store.inner.read().by_user["alice"].len(), 3);
         store.create(&key(4), &record(now + 4, now), now + 600_000, &cap(3, now));
         let ended = Stored::Ended(
-            EndReason::Revoked,
+            EndReason::Capped,
             Some("ended because alice started a 4th session; session.max_per_user = 3".into()),
         );
         assert_eq!(store.get(&key(1)), Some(ended));
@@ -414,7 +416,7 @@ mod tests {
             assert!(
                 matches!(
                     store.get(&key(n)),
-                    Some(Stored::Ended(EndReason::Revoked, Some(_)))
+                    Some(Stored::Ended(EndReason::Capped, Some(_)))
                 ),
                 "{n}"
             );
