@@ -215,7 +215,7 @@ async fn git_clones_through_basic_with_a_credential_helper() {
     assert_ran(&output, "git clone through the proxy");
     // git asks without credentials first (twice, as git does), then sends alice's on every
     // request after the challenge.
-    let events = proxy.access_events();
+    let events = logged_so_far(&proxy).await;
     let first_ok = events
         .iter()
         .position(|e| e["status"] == 200)
@@ -243,7 +243,7 @@ async fn git_clones_through_basic_with_a_credential_helper() {
         "{summary:?}"
     );
 
-    let seen = events.len();
+    let seen = events.len() + 1; // and the marker's
     let output = clone_through(&proxy, home.path(), "alice", WRONG_PW).await;
     assert!(!output.status.success(), "a wrong password must not clone");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -251,11 +251,25 @@ async fn git_clones_through_basic_with_a_credential_helper() {
         stderr.contains("Authentication failed"),
         "git says why: {stderr}"
     );
-    let events = proxy.wait_for_access(seen + 2).await;
+    let events = logged_so_far(&proxy).await;
     assert!(
         events[seen..].iter().any(|e| e["reason"] == "bad_password"),
         "{events:#?}"
     );
+}
+
+/// Every access event of the requests made so far: the client has finished, but its last
+/// lines may still be in the proxy's log buffer. A marker request's own line comes after them.
+async fn logged_so_far(proxy: &Proxy) -> Vec<Value> {
+    let marker = proxy.get("/public/interop-marker", &[]).await;
+    let id = marker.request_id();
+    proxy.access_of(&marker).await;
+    let events = proxy.access_events();
+    let at = events
+        .iter()
+        .position(|e| e["request_id"] == id.as_str())
+        .expect("the marker's line");
+    events[..at].to_vec()
 }
 
 /// A minimal pure-Python wheel, written with Python's own zipfile module.
@@ -319,7 +333,7 @@ async fn pip_downloads_from_a_protected_index_with_a_netrc() {
         .arg("portcullis-interop-demo");
     assert_ran(&run(pip).await, "pip download through the proxy");
     assert!(out.join(wheel).exists(), "the wheel was downloaded");
-    let events = proxy.access_events();
+    let events = logged_so_far(&proxy).await;
     let wheel_get = events
         .iter()
         .find(|e| e["path"] == format!("/packages/{wheel}"))
