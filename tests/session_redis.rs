@@ -1254,3 +1254,39 @@ async fn concurrent_logins_on_two_instances_never_overshoot_the_cap() {
     assert_eq!(admitted, 3, "exactly max_per_user live sessions");
     assert_eq!(redis.int(&["ZCARD", &index_key("alice")]), 3);
 }
+
+/// Issue 13 with revocation: a session started with another password than the current one is
+/// no longer live, so it neither counts toward the cap nor is ended as capped (its next request
+/// is refused as revoked, saying the password changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_an_old_password_does_not_count_toward_the_cap() {
+    if !redis_installed() {
+        return;
+    }
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let proxy = start_with(&upstream, &redis.url(), "max_per_user = 2").await;
+    let stale = login(&proxy).await;
+    let kept = login(&proxy).await;
+    // As if `stale` began before a password change.
+    assert_eq!(
+        redis.int(&["HSET", &redis_key(&stale), "p", "0000000000000000"]),
+        0
+    );
+    let new = login(&proxy).await;
+    assert_eq!(redis.int(&["ZCARD", &index_key("alice")]), 2);
+    for value in [&kept, &new] {
+        let response = proxy.get("/app/x", &[("cookie", &cookie(value))]).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let response = proxy.get("/app/x", &[("cookie", &cookie(&stale))]).await;
+    assert_eq!(response.status, 401);
+    let event = proxy.access_of(&response).await;
+    assert_eq!(event["reason"], "session_revoked", "{event}");
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("password of user \"alice\" changed")),
+        "{event}"
+    );
+}

@@ -25,8 +25,9 @@ use super::{Cap, EndReason, Fingerprint, SessionKey, SessionRecord, StoreError, 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Creates a session (KEYS[1]) and adds it to its user's index (KEYS[2]), ending the user's
-/// oldest live sessions past the cap. Members of the index that are ended, gone or past a
-/// deadline are dropped on the way, so the index never holds more than the cap plus what ended
+/// oldest live sessions past the cap. Members of the index that are ended, gone, past a
+/// deadline or started with another password (refused as revoked on their next request) are
+/// dropped on the way, so the index never holds more than the cap plus what ended
 /// since the user's last login. The session keys it reads share KEYS[2]'s hash tag (ARGV[8] is
 /// their prefix), so they are in its slot.
 /// ARGV: user, now, expiry, max, idle ms, absolute ms, member, session key prefix, the
@@ -38,9 +39,10 @@ local idle = tonumber(ARGV[5])
 local absolute = tonumber(ARGV[6])
 local live = {}
 for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local f = redis.call('HMGET', ARGV[8] .. member, 'u', 'c', 's')
+  local f = redis.call('HMGET', ARGV[8] .. member, 'u', 'c', 's', 'p')
   local c, s = tonumber(f[2]), tonumber(f[3])
-  if f[1] and c and s and now < c + absolute and now < s + idle then
+  local same_password = ARGV[11] == '' or f[4] == ARGV[11]
+  if f[1] and c and s and same_password and now < c + absolute and now < s + idle then
     live[#live + 1] = member
   else
     redis.call('ZREM', KEYS[2], member)

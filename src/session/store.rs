@@ -219,12 +219,15 @@ impl MemoryStore {
             .get_key_value(record.user.as_str())
             .map_or_else(|| Arc::from(record.user.as_str()), |(k, _)| k.clone());
         // In creation order (pushed under this lock), so the oldest come first. Trimmed only
-        // when full: the list never outgrows the cap, and a login under it costs no scan.
+        // when full: the list never outgrows the cap, and a login under it costs no scan. A
+        // session started with another password than this login's is no longer live (its next
+        // request is refused as revoked): it neither counts nor is ended as capped.
         let mine = by_user.entry(user.clone()).or_default();
         if mine.len() >= cap.max {
             mine.retain(|k| {
                 sessions.get(k).is_some_and(|e| {
                     e.ended.load(Ordering::Relaxed) == LIVE
+                        && e.credential == record.credential
                         && cap.live(e.created_ms, e.last_seen_ms.load(Ordering::Relaxed))
                 })
             });
@@ -391,6 +394,12 @@ mod tests {
             now + 1,
             &cap(3, now),
         );
+        // Nor does one started with another password (refused as revoked when next used).
+        let other_password = SessionRecord {
+            credential: Some(Fingerprint([1; 8])),
+            ..record(now, now)
+        };
+        store.create(&key(8), &other_password, now + 600_000, &cap(3, now));
         for n in 1..=3 {
             store.create(
                 &key(n),
@@ -399,8 +408,13 @@ mod tests {
                 &cap(3, now),
             );
         }
-        assert_eq!(store.len(), 4, "the idle one is still stored");
+        assert_eq!(
+            store.len(),
+            5,
+            "the idle one and the other password's are still stored"
+        );
         assert_eq!(store.inner.read().by_user["alice"].len(), 3);
+        assert_eq!(store.get(&key(8)), Some(Stored::Live(other_password)));
         store.create(&key(4), &record(now + 4, now), now + 600_000, &cap(3, now));
         let ended = Stored::Ended(
             EndReason::Capped,
