@@ -623,6 +623,10 @@ fn framing_refusal(finding: FramingFinding) -> Denial {
             DenyReason::MalformedRequest,
             "Content-Length is not one plain number of at most 19 digits",
         ),
+        FramingFinding::UnsupportedCoding => Denial::new(
+            DenyReason::UnsupportedTransferCoding,
+            "Transfer-Encoding other than chunked",
+        ),
         FramingFinding::Fragment => Denial::new(
             DenyReason::AmbiguousPath,
             "request target has a fragment (#)",

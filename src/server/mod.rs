@@ -67,6 +67,7 @@ pub async fn serve(
             builder: builder.clone(),
             permits: permits.clone(),
             idle_timeout: settings.idle_timeout,
+            read_buffer: read_buffer(settings),
             tunnel_idle_timeout: settings.tunnel_idle_timeout,
             shutdown_grace: settings.shutdown_grace,
         };
@@ -97,7 +98,7 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(MIN_READ_BUFFER))
+        .max_buf_size(read_buffer(settings))
         .keep_alive(true);
     builder
         .http2()
@@ -109,12 +110,18 @@ fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// hyper's HTTP/1 read buffer limit: the longest request head it reads.
+fn read_buffer(settings: &ServerConfig) -> usize {
+    settings.max_header_bytes.max(MIN_READ_BUFFER)
+}
+
 struct AcceptLoop {
     listener: TcpListener,
     app: Arc<App>,
     builder: auto::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
     idle_timeout: Duration,
+    read_buffer: usize,
     tunnel_idle_timeout: Duration,
     shutdown_grace: Duration,
 }
@@ -169,6 +176,7 @@ impl AcceptLoop {
             builder: self.builder.clone(),
             stop,
             idle_timeout: self.idle_timeout,
+            read_buffer: self.read_buffer,
             tunnel_terms,
         };
         tokio::spawn(async move {
@@ -212,6 +220,8 @@ struct Driver {
     builder: auto::Builder<TokioExecutor>,
     stop: watch::Receiver<bool>,
     idle_timeout: Duration,
+    /// hyper's HTTP/1 read buffer limit (see `read_buffer`).
+    read_buffer: usize,
     /// Holds the connection's slot until the connection ends; a tunnel opened on it takes a
     /// share of the slot with it.
     tunnel_terms: TunnelTerms,
@@ -231,7 +241,7 @@ impl Driver {
     {
         let peer = info.peer;
         let framing = Arc::new(FramingFlags::default());
-        let io = FramingWatch::new(io, framing.clone());
+        let io = FramingWatch::new(io, framing.clone(), self.read_buffer);
         let tunnel_terms = self.tunnel_terms.clone();
         let idle_streams = streams.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {

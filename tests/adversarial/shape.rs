@@ -85,11 +85,6 @@ async fn malformed_request_shapes_are_refused_before_routing() {
         assert_eq!(got, vec![200, *status], "{name} after a good request");
         assert_malformed(&proxy, name, &response, *status).await;
     }
-    // hyper's own parser refuses a list as Content-Length (400 and close, before the handler).
-    let list = "POST /public/cl-list HTTP/1.1\r\nHost: p\r\nContent-Length: 5, 5\r\n\r\n0\r\n\r\n";
-    let (got, response) = refused_raw(&proxy, list).await;
-    assert_eq!(got, vec![400], "cl-list: {}", response.text);
-
     // Protected routes too: two Authorization headers are no credential of any scheme.
     let two =
         format!("GET /admin/x HTTP/1.1\r\nHost: p\r\n{alice}{alice}Connection: close\r\n\r\n");
@@ -97,6 +92,66 @@ async fn malformed_request_shapes_are_refused_before_routing() {
     assert_eq!(got, vec![400]);
     assert_malformed(&proxy, "two-authorization-admin", &response, 400).await;
 
+    let forwarded: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        forwarded.iter().all(|p| p == "/public/first"),
+        "forwarded: {forwarded:?}"
+    );
+}
+
+/// Shapes hyper's own parser refuses before any handler runs (it would answer a bare 400 with
+/// no access line and no request id) get the proxy's own refusal: status, `X-Request-Id`, a
+/// body in the format the client accepts, one access event, the connection closed, and
+/// nothing at the upstream, alone on a connection or after a good request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shapes_hyper_refuses_get_the_proxys_own_refusal() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_std(&upstream).await;
+    let cases: [(&str, &str, u16); 9] = [
+        ("cl-list", "Content-Length: 5, 5", 400),
+        ("cl-plus", "Content-Length: +5", 400),
+        ("cl-differ", "Content-Length: 5\r\nContent-Length: 6", 400),
+        ("cl-overflow", "Content-Length: 99999999999999999999", 400),
+        (
+            "cl-te-gzip",
+            "Content-Length: 5\r\nTransfer-Encoding: gzip",
+            400,
+        ),
+        ("te-gzip", "Transfer-Encoding: gzip", 501),
+        (
+            "te-chunked-identity",
+            "Transfer-Encoding: chunked, identity",
+            501,
+        ),
+        (
+            "te-chunked-gzip-lines",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip",
+            501,
+        ),
+        ("te-empty", "Transfer-Encoding: ", 501),
+    ];
+    for (name, framing, status) in cases {
+        let head = format!(
+            "POST /public/{name} HTTP/1.1\r\nHost: p\r\nAccept: application/json\r\n\
+             {framing}\r\n\r\n0\r\n\r\n"
+        );
+        let hidden = format!("GET /public/hidden-{name} HTTP/1.1\r\nHost: p\r\n\r\n");
+        let first = "GET /public/first HTTP/1.1\r\nHost: p\r\n\r\n";
+        for (before, expected) in [("", vec![status]), (first, vec![200, status])] {
+            let (got, response) = refused_raw(&proxy, &format!("{before}{head}{hidden}")).await;
+            assert_eq!(got, expected, "{name}: {}", response.text);
+            assert_malformed(&proxy, name, &response, status).await;
+            assert_eq!(response.header("cache-control"), Some("no-store"), "{name}");
+            let body: serde_json::Value = serde_json::from_str(&response.body)
+                .unwrap_or_else(|e| panic!("{name}: body is not JSON ({e}): {}", response.text));
+            assert_eq!(body["reason"], "malformed_request", "{name}: {body}");
+            let event = proxy
+                .access_for(response.header("x-request-id").unwrap())
+                .await;
+            assert_eq!(event["path"], format!("/public/{name}"), "{name}: {event}");
+            assert_eq!(event["method"], "POST", "{name}: {event}");
+        }
+    }
     let forwarded: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
     assert!(
         forwarded.iter().all(|p| p == "/public/first"),
