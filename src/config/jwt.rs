@@ -23,11 +23,11 @@ const ALGORITHM_NAMES: [&str; 12] = [
 ];
 
 /// Builds a config error at a span of the file, for a dotted key.
-pub type ErrorAt<'a> = &'a dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError;
+pub(super) type ErrorAt<'a> = &'a dyn Fn(Option<Range<usize>>, &str, String) -> ConfigError;
 
 /// What `[jwt]` validation needs from the config loader: paths resolved against the config
 /// file's directory, and errors that point at a span of the file.
-pub struct LoadContext<'a> {
+pub(super) struct LoadContext<'a> {
     /// Resolves a path written in the config.
     pub resolve: &'a dyn Fn(&str) -> PathBuf,
     /// Builds an error at a span, for a dotted key.
@@ -36,7 +36,7 @@ pub struct LoadContext<'a> {
 
 /// Validates `[jwt]` (spanned at `table`) and loads its keys. Returns the verifier and
 /// warnings for `check`.
-pub fn from_section(
+pub(super) fn from_section(
     section: &JwtSection,
     table: Range<usize>,
     ctx: &LoadContext<'_>,

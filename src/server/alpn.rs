@@ -22,7 +22,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What ALPN agreed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Negotiated {
+pub(super) enum Negotiated {
     /// `h2`: the connection must open with the HTTP/2 preface.
     H2,
     /// `http/1.1`, or no ALPN: the connection must not open with it.
@@ -33,7 +33,7 @@ pub enum Negotiated {
 
 impl Negotiated {
     /// From the ALPN protocol of a finished handshake.
-    pub fn from_alpn(protocol: Option<&[u8]>) -> Self {
+    pub(super) fn from_alpn(protocol: Option<&[u8]>) -> Self {
         match protocol {
             Some(b"h2") => Negotiated::H2,
             _ => Negotiated::Http1,
@@ -42,7 +42,7 @@ impl Negotiated {
 }
 
 /// A TLS stream whose first bytes must fit the negotiated protocol.
-pub struct AlpnGuard<S> {
+pub(super) struct AlpnGuard<S> {
     inner: S,
     negotiated: Negotiated,
     /// Told once the connection has opened with the preface.
@@ -54,7 +54,7 @@ pub struct AlpnGuard<S> {
 impl<S> AlpnGuard<S> {
     /// Wraps `inner`, whose handshake negotiated `negotiated`; `streams` learns whether the
     /// connection speaks HTTP/2.
-    pub fn new(inner: S, negotiated: Negotiated, streams: Option<Arc<Streams>>) -> Self {
+    pub(super) fn new(inner: S, negotiated: Negotiated, streams: Option<Arc<Streams>>) -> Self {
         AlpnGuard {
             inner,
             negotiated,

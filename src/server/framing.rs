@@ -65,7 +65,7 @@ impl FramingFinding {
 
 /// What the watcher found, shared with the connection's request handler.
 #[derive(Debug, Default)]
-pub struct FramingFlags {
+pub(super) struct FramingFlags {
     /// 1-based number of the first request head with a finding; 0 for none. The handler
     /// closes the connection after refusing that request, so one is all there can be.
     flagged: AtomicU64,
@@ -81,7 +81,7 @@ impl FramingFlags {
     /// Counts one more request handed to the handler and returns what the watch found in its
     /// head. HTTP/1 requests reach the handler one at a time and in order, so the count
     /// matches the watcher's count of heads.
-    pub fn next_request_finding(&self) -> Option<FramingFinding> {
+    pub(super) fn next_request_finding(&self) -> Option<FramingFinding> {
         let number = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         if self.flagged.load(Ordering::Acquire) != number {
             return None;
@@ -91,7 +91,7 @@ impl FramingFlags {
 
     /// The handler answered with a protocol switch (101, or 2xx to `CONNECT`): hyper hands
     /// the connection over and reads no more requests from it.
-    pub fn switched_protocols(&self) {
+    pub(super) fn switched_protocols(&self) {
         self.switched.store(true, Ordering::Release);
     }
 
@@ -111,7 +111,7 @@ impl FramingFlags {
 /// refuses some of those shapes itself (a bare 400, before any handler, so with no request id
 /// and no access event), and must not read a body framed by them either. Everything else
 /// passes through unchanged.
-pub struct FramingWatch<S> {
+pub(super) struct FramingWatch<S> {
     inner: S,
     scanner: Scanner,
     flags: Arc<FramingFlags>,
@@ -131,7 +131,7 @@ pub struct FramingWatch<S> {
 
 impl<S> FramingWatch<S> {
     /// Wraps `inner`; findings go to `flags`. `hold_limit` is hyper's read buffer limit.
-    pub fn new(inner: S, flags: Arc<FramingFlags>, hold_limit: usize) -> Self {
+    pub(super) fn new(inner: S, flags: Arc<FramingFlags>, hold_limit: usize) -> Self {
         FramingWatch {
             inner,
             scanner: Scanner::default(),

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The time of a connection's last read or write, shared between the socket wrapper and
 /// the task that drives the connection.
 #[derive(Clone)]
-pub struct Activity {
+pub(super) struct Activity {
     opened: Instant,
     /// Milliseconds after `opened`.
     last_ms: Arc<AtomicU64>,
@@ -20,7 +20,7 @@ pub struct Activity {
 
 impl Activity {
     /// Activity starting now.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             opened: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
@@ -28,27 +28,27 @@ impl Activity {
     }
 
     /// Records activity now.
-    pub fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
     /// How long since the last activity.
-    pub fn idle_for(&self) -> Duration {
+    pub(super) fn idle_for(&self) -> Duration {
         let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         Instant::now().saturating_duration_since(last)
     }
 }
 
 /// A socket that records its activity.
-pub struct Tracked<S> {
+pub(super) struct Tracked<S> {
     inner: S,
     activity: Activity,
 }
 
 impl<S> Tracked<S> {
     /// Wraps `inner`.
-    pub fn new(inner: S, activity: Activity) -> Self {
+    pub(super) fn new(inner: S, activity: Activity) -> Self {
         Tracked { inner, activity }
     }
 }
@@ -109,7 +109,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 /// The HTTP/2 streams open on a connection, and when the last one ended. An HTTP/2
 /// connection with no open stream is idle however many bytes move: PINGs and SETTINGS would
 /// otherwise keep it, and its connection slot, forever.
-pub struct Streams {
+pub(super) struct Streams {
     opened: Instant,
     /// Whether the connection began with the HTTP/2 preface.
     h2: AtomicBool,
@@ -121,7 +121,7 @@ pub struct Streams {
 
 impl Streams {
     /// No stream yet, opened now.
-    pub fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         Arc::new(Streams {
             opened: Instant::now(),
             h2: AtomicBool::new(false),
@@ -131,25 +131,25 @@ impl Streams {
     }
 
     /// Records that the connection speaks HTTP/2.
-    pub fn set_h2(&self) {
+    pub(super) fn set_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
     }
 
     /// Counts a stream as open until the guard is dropped.
-    pub fn open(self: &Arc<Self>) -> StreamGuard {
+    pub(super) fn open(self: &Arc<Self>) -> StreamGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
         StreamGuard(self.clone())
     }
 
     /// Restarts the idle period now.
-    pub fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_end_ms.store(ms, Ordering::Relaxed);
     }
 
     /// How long the connection has been idle: for HTTP/2 with no open stream, since the last
     /// stream ended whatever moved since; otherwise since `activity` last moved a byte.
-    pub fn idle_for(&self, activity: &Activity) -> Duration {
+    pub(super) fn idle_for(&self, activity: &Activity) -> Duration {
         if self.h2.load(Ordering::Relaxed) && self.open.load(Ordering::Relaxed) == 0 {
             let last =
                 self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
@@ -161,7 +161,7 @@ impl Streams {
 }
 
 /// One open stream (an HTTP/2 request whose response has not ended).
-pub struct StreamGuard(Arc<Streams>);
+pub(super) struct StreamGuard(Arc<Streams>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -171,14 +171,14 @@ impl Drop for StreamGuard {
 }
 
 /// A response body that keeps its stream counted as open until it is done or dropped.
-pub struct Counted<B> {
+pub(super) struct Counted<B> {
     body: B,
     _stream: Option<StreamGuard>,
 }
 
 impl<B> Counted<B> {
     /// Wraps `body`; `stream` is released with it.
-    pub fn new(body: B, stream: Option<StreamGuard>) -> Self {
+    pub(super) fn new(body: B, stream: Option<StreamGuard>) -> Self {
         Counted {
             body,
             _stream: stream,

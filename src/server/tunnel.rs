@@ -20,14 +20,14 @@ use super::idle::{Activity, Tracked};
 /// One accepted connection's place under `max_connections` and in the open-connections
 /// gauge. Shared by the connection's task and a tunnel opened on it: both are released when
 /// the last holder drops it, so neither can outlive the other's accounting.
-pub struct ConnectionSlot {
+pub(super) struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     gauge: Gauge,
 }
 
 impl ConnectionSlot {
     /// Takes the place `permit` grants and counts the connection as open.
-    pub fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Arc<Self> {
+    pub(super) fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Arc<Self> {
         gauge.inc();
         Arc::new(ConnectionSlot {
             _permit: permit,

@@ -20,7 +20,7 @@ const WAKE_AT_BYTES: usize = 256 * 1024;
 const DROP_AT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Buffered access lines and the thread that writes them.
-pub struct AccessLog {
+pub(super) struct AccessLog {
     shared: Arc<Shared>,
     /// Buffered bytes past which lines are dropped.
     drop_at: usize,
@@ -53,7 +53,7 @@ impl Shared {
 
 impl AccessLog {
     /// Starts the writer thread on stdout.
-    pub fn start() -> std::io::Result<Self> {
+    pub(super) fn start() -> std::io::Result<Self> {
         Self::start_on(Box::new(std::io::stdout()), DROP_AT_BYTES)
     }
 
@@ -85,7 +85,7 @@ impl AccessLog {
     }
 
     /// Queues one line (with its newline), or drops and counts it when the buffer is full.
-    pub fn append(&self, line: &[u8]) {
+    pub(super) fn append(&self, line: &[u8]) {
         let mut lines = self.shared.lines.lock();
         if lines.len() + line.len() > self.drop_at {
             drop(lines);
@@ -103,12 +103,12 @@ impl AccessLog {
     }
 
     /// Lines dropped so far because stdout could not keep up.
-    pub fn dropped(&self) -> u64 {
+    pub(super) fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
     /// Writes every buffered line now (at exit).
-    pub fn flush(&self) {
+    pub(super) fn flush(&self) {
         self.shared.write_pending();
     }
 }
