@@ -100,6 +100,8 @@ struct Exchange {
     next: Option<(NormalizedPath, Option<PathAndQuery>)>,
     /// A `Set-Cookie` to add to whatever response is sent.
     set_cookie: Option<HeaderValue>,
+    /// The known-device `Set-Cookie` after a browser's Basic sign-in.
+    device_cookie: Option<HeaderValue>,
     /// A response already built by an endpoint that must still be logged as a denial.
     logged_refusal: Option<Refusal>,
     /// End an HTTP/1 connection after this response: its bytes can no longer be trusted to
@@ -267,6 +269,7 @@ impl App {
                 && format == Format::Html,
             next: None,
             set_cookie: None,
+            device_cookie: None,
             logged_refusal: None,
             close_connection: false,
         };
@@ -283,7 +286,10 @@ impl App {
         };
         let headers = response.headers_mut();
         headers.insert(response::REQUEST_ID, exchange.request_id.clone());
-        if let Some(cookie) = exchange.set_cookie.take() {
+        for cookie in [exchange.set_cookie.take(), exchange.device_cookie.take()]
+            .into_iter()
+            .flatten()
+        {
             headers.append(http::header::SET_COOKIE, cookie);
         }
         if exchange.close_connection && exchange.record.http_version < Version::HTTP_2 {
@@ -445,7 +451,14 @@ impl App {
         policy::authorize(&route, identity.as_ref(), request.method())?;
         policy::method_overrides(&route, request.headers())?;
         if let Some(identity) = &identity {
-            Box::pin(self.start_browser_session(&route, identity, exchange)).await;
+            Box::pin(self.start_browser_session(
+                config,
+                &route,
+                identity,
+                request.headers(),
+                exchange,
+            ))
+            .await;
         }
 
         let path_and_query = path_and_query?;
@@ -481,11 +494,13 @@ impl App {
     }
 
     /// A Basic login from a browser also gets a session, so the session's idle and absolute
-    /// timeouts apply to it (SPEC §3).
+    /// timeouts apply to it (SPEC §3), and the browser becomes a known device of the user.
     async fn start_browser_session(
         &self,
+        config: &Config,
         route: &Route,
         identity: &Identity,
+        headers: &http::HeaderMap,
         exchange: &mut Exchange,
     ) {
         if identity.method != Scheme::Basic
@@ -493,6 +508,11 @@ impl App {
             || !route.accepts(Scheme::Session)
         {
             return;
+        }
+        if let Some(devices) = auth::device::KnownDevices::new(config) {
+            let now = auth::device::now_secs();
+            let vouched = devices.read(headers, now);
+            exchange.device_cookie = Some(devices.set_cookie(&vouched, identity.user(), now));
         }
         // The Basic credentials were good: a store outage costs the browser its session
         // cookie, not this request (Basic keeps working without the store, SPEC §4).
@@ -575,6 +595,7 @@ impl App {
         };
         // The session cookie goes first, so the rewrite joins what is left into one line.
         self.sessions.strip_cookie(request.headers_mut());
+        auth::device::KnownDevices::strip(request.headers_mut());
         rewrite_request(request.headers_mut(), &forward_ctx);
         let started = Instant::now();
         let result = runtime.upstream.forward(request, path_and_query).await;

@@ -406,3 +406,67 @@ fn jwks_url_over_plain_http_is_allowed_to_loopback_only() {
         assert!(stderr.contains("`jwt.jwks_url`"), "{url}: {stderr}");
     }
 }
+
+/// `server.secret_file`: at least 32 bytes (a trailing newline does not count), readable; its
+/// contents never printed. No file with a Redis store (several instances) is warned about,
+/// since each instance then signs with its own random key.
+#[test]
+fn a_secret_file_holds_at_least_32_bytes_and_a_random_key_with_redis_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = "short-secret-value-31-bytes-xyz";
+    assert_eq!(short.len(), 31);
+    write_file(dir.path(), "short.key", &format!("{short}\n"));
+    write_file(dir.path(), "good.key", &format!("{}\n", "g".repeat(32)));
+    for (name, file, says) in [
+        ("short", "short.key", "holds 31 bytes"),
+        ("missing", "absent.key", "cannot read"),
+    ] {
+        let text = config(&format!("secret_file = \"{file}\""), BCRYPT, "");
+        let path = write_file(dir.path(), &format!("{name}.toml"), &text);
+        let (code, stdout, stderr) = check_file(&path);
+        assert_eq!(code, 1, "{name}: {stdout}\n{stderr}");
+        assert!(stderr.contains("`server.secret_file`"), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert!(
+            !stderr.contains(short),
+            "{name}: the key was printed: {stderr}"
+        );
+    }
+    let redis = "\n[session]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n";
+    for (name, server, routes, warned) in [
+        ("good", "secret_file = \"good.key\"", "", false),
+        ("memory", "", "", false),
+        ("redis-with-key", "secret_file = \"good.key\"", redis, false),
+        ("redis-random", "", redis, true),
+        (
+            "redis-off",
+            "",
+            &format!("{redis}\n[rate_limit]\nknown_device_days = 0\n"),
+            false,
+        ),
+    ] {
+        let path = write_file(
+            dir.path(),
+            &format!("{name}.toml"),
+            &config(server, BCRYPT, routes),
+        );
+        let (code, stdout, stderr) = check_file(&path);
+        assert_eq!(code, 0, "{name}: {stdout}\n{stderr}");
+        assert_eq!(
+            stderr.contains("warning: server.secret_file is not set"),
+            warned,
+            "{name}: {stderr}"
+        );
+    }
+    let path = write_file(
+        dir.path(),
+        "too-long.toml",
+        &config("", BCRYPT, "\n[rate_limit]\nknown_device_days = 401\n"),
+    );
+    let (code, _, stderr) = check_file(&path);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("`rate_limit.known_device_days`"),
+        "{stderr}"
+    );
+}

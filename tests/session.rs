@@ -181,7 +181,17 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
     assert_eq!(response.status, 303, "{}", response.text());
     let cookies = response.header_all("set-cookie");
-    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(
+        cookies.len(),
+        2,
+        "the session and the known device: {cookies:?}"
+    );
+    // The known-device cookie has the session cookie's prefix and lives known_device_days.
+    assert!(
+        cookies[1].starts_with("__Host-portcullis_device=")
+            && cookies[1].ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000; Secure"),
+        "{cookies:?}"
+    );
     let id = cookies[0]
         .strip_prefix(&format!("{HOST_COOKIE}="))
         .and_then(|rest| rest.split(';').next())
@@ -220,8 +230,13 @@ async fn cookies_are_secure_by_default_and_can_carry_a_domain() {
     let response = login_with(&proxy, "alice", ALICE_PW, "/", &[]).await;
     assert_eq!(response.status, 303, "{}", response.text());
     let cookies = response.header_all("set-cookie");
-    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
     assert!(cookies[0].starts_with("sid="), "{cookies:?}");
+    // Not `__Host-` like the session cookie, and host-only: no Domain.
+    assert!(
+        cookies[1].starts_with("portcullis_device=") && !cookies[1].contains("Domain"),
+        "{cookies:?}"
+    );
     assert!(
         cookies[0].ends_with(
             "; Path=/; HttpOnly; SameSite=Lax; Max-Age=7200; Secure; Domain=example.test"
@@ -255,8 +270,9 @@ async fn tossed_cookies_cannot_shadow_a_session_and_only_the_host_name_counts() 
     let host = |id: &str| format!("{HOST_COOKIE}={id}");
     let login_id = |response: &Resp| {
         response
-            .header("set-cookie")
-            .and_then(|c| {
+            .header_all("set-cookie")
+            .iter()
+            .find_map(|c| {
                 c.strip_prefix(&format!("{HOST_COOKIE}="))
                     .map(|r| r.split(';').next().unwrap().to_string())
             })
@@ -855,8 +871,8 @@ async fn hostile_next_values_redirect_home() {
         );
         assert_eq!(
             response.header_all("set-cookie").len(),
-            1,
-            "{next:?}: no injected header"
+            2,
+            "{next:?}: the session and the known device, no injected header"
         );
         session_id(&response);
     }
@@ -879,7 +895,7 @@ async fn hostile_next_values_redirect_home() {
         .await;
     assert_eq!(response.status, 303);
     assert_eq!(response.header("location").as_deref(), Some("/"));
-    assert_eq!(response.header_all("set-cookie").len(), 1);
+    assert_eq!(response.header_all("set-cookie").len(), 2);
 
     // Good relative paths are kept exactly.
     for next in ["/", "/app", "/app/doc?x=1&y=%2F", "/caf%C3%A9#frag"] {

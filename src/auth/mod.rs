@@ -3,6 +3,7 @@
 
 pub mod bearer;
 pub mod credentials;
+pub mod device;
 pub mod jwks;
 pub mod jwt;
 pub mod password;
@@ -123,7 +124,10 @@ pub async fn authenticate(
             }
             let basic = basic
                 .map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))?;
-            let user = ctx.check_password(&basic.user, &basic.password).await?;
+            let vouched = ctx.known_devices(headers);
+            let user = ctx
+                .check_password(&basic.user, &basic.password, &vouched)
+                .await?;
             Ok(Identity {
                 principal: Principal::User(user),
                 method: Scheme::Basic,
@@ -168,18 +172,33 @@ pub struct AuthContext<'a> {
 }
 
 impl AuthContext<'_> {
+    /// The sign-ins the request's known-device cookies vouch for (none when known devices
+    /// are off).
+    pub fn known_devices(&self, headers: &HeaderMap) -> device::Vouched {
+        device::KnownDevices::new(self.config)
+            .map(|devices| devices.read(headers, device::now_secs()))
+            .unwrap_or_default()
+    }
+
     /// A password check (Basic or the login form) behind the brute-force limits: the attempt
     /// is admitted (a slot taken for the client and the user) before any hashing and before
     /// the verified-credential cache, so a locked-out guesser never learns whether a guess
     /// was right; a wrong password or unknown user keeps the slots as failures. A credential
-    /// already cached or being verified joins that check without a slot of its own.
-    pub async fn check_password(&self, user: &str, password: &str) -> Result<Arc<User>, Refusal> {
+    /// already cached or being verified joins that check without a slot of its own. A browser
+    /// `vouched` for as having signed in as `user` before skips that user's lockout, never
+    /// its address's (a known device, SPEC §2).
+    pub async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        vouched: &device::Vouched,
+    ) -> Result<Arc<User>, Refusal> {
         let attempt = self
             .limiter
             .admit(AttemptKeys {
                 ip: self.client_ip,
                 user,
-                known_device: false,
+                known_device: vouched.vouches_for(user),
                 joins_a_check: self
                     .verifier
                     .shares_a_check(&self.config.users, user, password),

@@ -55,6 +55,7 @@ pub struct ServerSection {
     pub workers: usize,
     pub shutdown_grace: HumanDuration,
     pub tunnel_idle_timeout: HumanDuration,
+    pub secret_file: Spanned<String>,
     pub tls: Option<TlsSection>,
 }
 
@@ -74,6 +75,7 @@ impl Default for ServerSection {
             workers: 0,
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(30)),
             tunnel_idle_timeout: HumanDuration(std::time::Duration::from_secs(60 * 60)),
+            secret_file: Spanned::new(0..0, String::new()),
             tls: None,
         }
     }
@@ -215,6 +217,7 @@ pub struct RateLimitSection {
     pub max_failures: u32,
     pub window: HumanDuration,
     pub lockout: HumanDuration,
+    pub known_device_days: u32,
 }
 
 impl Default for RateLimitSection {
@@ -223,6 +226,7 @@ impl Default for RateLimitSection {
             max_failures: 10,
             window: HumanDuration(std::time::Duration::from_secs(5 * 60)),
             lockout: HumanDuration(std::time::Duration::from_secs(15 * 60)),
+            known_device_days: 30,
         }
     }
 }

@@ -5,6 +5,7 @@ mod error;
 pub mod file;
 mod jwt;
 mod route;
+pub mod secret;
 pub mod types;
 mod validate;
 
@@ -84,6 +85,8 @@ pub struct ServerConfig {
     pub tunnel_idle_timeout: Duration,
     /// TLS termination on every listener, when `[server.tls]` is set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The key signed cookies are made with (`secret_file`, or this process's random key).
+    pub secret: secret::SecretKey,
 }
 
 /// `[upstream]`, validated.

@@ -75,6 +75,7 @@ fn build(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let tokens = tokens(&ctx, &file)?;
     let routes = routes(&ctx, &file, &users, &tokens)?;
     session(&ctx, &file)?;
+    rate_limit(&ctx, &file, &mut warnings)?;
     let upstream_tls = upstream_tls(&ctx, &file)?;
     if !file.routes.iter().any(|r| r.path.get_ref().as_str() == "/") {
         warnings.push(
@@ -214,8 +215,14 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
         }
         None => None,
     };
+    let secret = match s.secret_file.get_ref().trim() {
+        "" => super::secret::SecretKey::per_process(),
+        file => super::secret::SecretKey::from_file(&ctx.resolve(file))
+            .map_err(|m| ctx.err(Some(s.secret_file.span()), "server.secret_file", m))?,
+    };
     Ok(ServerConfig {
         tls,
+        secret,
         listen: s.listen.get_ref().iter().map(|a| a.0).collect(),
         admin_listen: s.admin_listen.map(|a| a.0),
         trusted_proxies: s.trusted_proxies.clone(),
@@ -253,6 +260,39 @@ fn upstream_tls(
     crate::tls::client_config(ca_file.as_ref().map(|(path, _)| path.as_path()))
         .map(Some)
         .map_err(|m| ctx.err(ca_file.map(|(_, span)| span), "upstream.ca_file", m))
+}
+
+/// Longest `known_device_days`: browsers keep no cookie longer than 400 days (RFC 6265bis
+/// §5.5), so a longer one would only be a promise the browser breaks.
+const MAX_KNOWN_DEVICE_DAYS: u32 = 400;
+
+/// `[rate_limit]` as far as it is not checked while read: known devices.
+fn rate_limit(
+    ctx: &Ctx<'_>,
+    file: &FileConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let days = file.rate_limit.known_device_days;
+    if days > MAX_KNOWN_DEVICE_DAYS {
+        return Err(ctx.err(
+            None,
+            "rate_limit.known_device_days",
+            format!(
+                "expected at most {MAX_KNOWN_DEVICE_DAYS} days (browsers keep no cookie longer), \
+                 or 0 to turn known devices off"
+            ),
+        ));
+    }
+    let random_key = file.server.secret_file.get_ref().trim().is_empty();
+    if days > 0 && random_key && file.session.store == super::file::SessionStoreKind::Redis {
+        warnings.push(
+            "server.secret_file is not set: known-device cookies are signed with a random key of \
+             this process, so other instances sharing this Redis do not recognise them and all \
+             are forgotten on restart; give every instance the same secret_file"
+                .to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// `[session]` and `[login]`: cookie attributes, timeouts, store and redirects.

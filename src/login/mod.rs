@@ -9,6 +9,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::auth::device::{self, KnownDevices};
 use crate::auth::AuthContext;
 use crate::auth::Scheme;
 use crate::body::Body;
@@ -112,11 +113,13 @@ impl Endpoints<'_> {
         if let Err(why) = same_origin(request.headers()) {
             return Err(Denial::of(Scheme::Session, DenyReason::MalformedCredentials, why).into());
         }
+        // Read before the body takes the request.
+        let vouched = self.auth.known_devices(request.headers());
         let form = read_form(request).await?;
         let next = safe_next(&form.next).to_string();
         let user = self
             .auth
-            .check_password(&form.username, &form.password)
+            .check_password(&form.username, &form.password, &vouched)
             .await;
         let user = match user {
             Ok(user) => user,
@@ -156,6 +159,10 @@ impl Endpoints<'_> {
         response
             .headers_mut()
             .append(SET_COOKIE, self.sessions.set_cookie(&id));
+        if let Some(devices) = KnownDevices::new(self.config) {
+            let cookie = devices.set_cookie(&vouched, &user.name, device::now_secs());
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
         Ok(Outcome::ok(response, Some(user.name.clone())))
     }
 

@@ -393,6 +393,7 @@ mod tests {
             max_failures: max,
             window: HumanDuration(Duration::from_secs(window_s)),
             lockout: HumanDuration(Duration::from_secs(900)),
+            ..RateLimitSection::default()
         }
     }
 

@@ -522,3 +522,237 @@ async fn sign_in_from(proxy: &Proxy, ip: &str) -> String {
     assert_eq!(response.status, 303, "login: {}", response.text());
     cookie(&session_id(&response))
 }
+
+/// The known-device cookie's name with `cookie_secure = false` (no `__Host-` prefix).
+const DEVICE_COOKIE: &str = "portcullis_device";
+
+/// `name=value` of the known-device cookie a response sets (asserting its attributes).
+fn device_cookie(response: &Resp) -> String {
+    let set: Vec<String> = response
+        .header_all("set-cookie")
+        .into_iter()
+        .filter(|c| c.starts_with(&format!("{DEVICE_COOKIE}=")))
+        .collect();
+    assert_eq!(set.len(), 1, "one device cookie: {response:?}");
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=2592000"] {
+        assert!(set[0].contains(attribute), "{attribute}: {}", set[0]);
+    }
+    set[0].split(';').next().unwrap().to_string()
+}
+
+/// A config with sessions on `/` (the login form and a browser's Basic login), plain-HTTP
+/// cookies, three failures per minute, and `secret_file` (written next to the config).
+fn aimed(upstream: &Upstream) -> ProxyConfig {
+    let body = format!(
+        "[rate_limit]\nmax_failures = 3\nwindow = \"60s\"\nlockout = \"60s\"\n\n\
+         [session]\ncookie_secure = false\n{}\n\
+         [[route]]\npath = \"/\"\nauth = [\"session\", \"basic\"]\n",
+        principals()
+    );
+    ProxyConfig::new(upstream.url(), body)
+        .server("trusted_proxies = [\"127.0.0.1/32\"]\nsecret_file = \"device.key\"")
+        .file("device.key", &format!("{}\n", "k".repeat(40)))
+}
+
+/// Basic from a browser (a navigation), from `ip`, with `cookie` if any.
+async fn basic_from(
+    proxy: &Proxy,
+    path: &str,
+    ip: &str,
+    user: &str,
+    pw: &str,
+    cookie: &str,
+) -> Resp {
+    let credential = basic(user, pw);
+    let mut headers = vec![
+        ("authorization", credential.as_str()),
+        ("x-forwarded-for", ip),
+        ("accept", "text/html"),
+    ];
+    if !cookie.is_empty() {
+        headers.push(("cookie", cookie));
+    }
+    proxy.get(path, &headers).await
+}
+
+/// Three wrong passwords for `user`, each from another address of the attacker's.
+async fn lock_out(proxy: &Proxy, user: &str, net: u8) {
+    for n in 1..=3 {
+        let ip = format!("203.0.{net}.{n}");
+        let (response, _) = attempt(proxy, "/guess", &ip, user, WRONG_PW).await;
+        assert_eq!(response.status, 401, "{}", response.text());
+    }
+}
+
+/// Issue 13, aimed lockouts: anyone could lock alice out for `lockout` with `max_failures`
+/// wrong passwords from anywhere. A browser that signed in as alice before carries a signed
+/// known-device cookie and still signs in as alice, by Basic and by the form, while the
+/// attacker and every other client get 429. The cookie is for alice only, forging or editing
+/// it gains nothing, its holder's own address can still be locked, and it never reaches the
+/// upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_device_signs_in_during_an_aimed_lockout() {
+    let upstream = Upstream::start().await;
+    let proxy = aimed(&upstream).start().await;
+    let home = "198.51.100.10";
+    let laptop = "198.51.100.11";
+
+    // alice signs in on her desktop through the form, and on her laptop by Basic.
+    let response = login_with(&proxy, "alice", ALICE_PW, "/", &[("x-forwarded-for", home)]).await;
+    assert_eq!(response.status, 303, "{}", response.text());
+    let desktop = device_cookie(&response);
+    let response = basic_from(&proxy, "/first", laptop, "alice", ALICE_PW, "").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let laptop_device = device_cookie(&response);
+    // bob signs in somewhere else: his browser knows bob only.
+    let response = login_with(
+        &proxy,
+        "bob",
+        BOB_PW,
+        "/",
+        &[("x-forwarded-for", "198.51.100.12")],
+    )
+    .await;
+    let bobs = device_cookie(&response);
+
+    // The attacker locks alice out from three addresses.
+    lock_out(&proxy, "alice", 113).await;
+    let (response, _) = attempt(&proxy, "/x", "203.0.113.9", "alice", ALICE_PW).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+    // A fresh client, and bob's browser, are refused for alice too.
+    let (response, _) = attempt(&proxy, "/x", "192.0.2.44", "alice", ALICE_PW).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+    let response = basic_from(&proxy, "/x", "198.51.100.12", "alice", ALICE_PW, &bobs).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+
+    // alice's browsers still sign in as alice: by Basic (with another cookie beside the
+    // device's, which the upstream must get alone) and by the form.
+    let with_other = format!("theme=dark; {desktop}");
+    let response = basic_from(
+        &proxy,
+        "/during-lockout",
+        home,
+        "alice",
+        ALICE_PW,
+        &with_other,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.only("/during-lockout");
+    assert_eq!(seen.header("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.header_all("cookie"), vec!["theme=dark"]);
+    let response = login_with(
+        &proxy,
+        "alice",
+        ALICE_PW,
+        "/",
+        &[("x-forwarded-for", home), ("cookie", &desktop)],
+    )
+    .await;
+    assert_eq!(response.status, 303, "{}", response.text());
+    let session = cookie(&session_id(&response));
+    let response = proxy
+        .get(
+            "/form-session",
+            &[("cookie", &session), ("x-forwarded-for", home)],
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let response = basic_from(&proxy, "/laptop", laptop, "alice", ALICE_PW, &laptop_device).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    // The device cookie authenticates nothing by itself, and a wrong password is still wrong.
+    let response = proxy
+        .get(
+            "/cookie-alone",
+            &[("cookie", &desktop), ("x-forwarded-for", home)],
+        )
+        .await;
+    assert_eq!(response.status, 401, "{}", response.text());
+    let response = basic_from(&proxy, "/x", home, "alice", WRONG_PW, &desktop).await;
+    assert_proxy_made(&proxy, &response, 401, "deny", "bad_password").await;
+
+    // The same browser is refused for bob's lockout: the cookie names alice only.
+    lock_out(&proxy, "bob", 114).await;
+    let response = basic_from(&proxy, "/x", home, "bob", BOB_PW, &desktop).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+
+    // A forged or edited cookie gives no exemption: alice's with bob's signature, bob's
+    // payload under alice's name, a flipped character.
+    let value = |pair: &str| pair.split_once('=').unwrap().1.to_string();
+    let (payload, tag) = value(&desktop)
+        .split_once('.')
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .unwrap();
+    let (bob_payload, bob_tag) = value(&bobs)
+        .split_once('.')
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .unwrap();
+    let mut flipped = payload.clone().into_bytes();
+    flipped[2] = if flipped[2] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for forged in [
+        format!("{payload}.{bob_tag}"),
+        format!("{bob_payload}.{tag}"),
+        format!("{flipped}.{tag}"),
+        payload.clone(),
+    ] {
+        let response = basic_from(
+            &proxy,
+            "/forged",
+            "198.51.100.20",
+            "alice",
+            ALICE_PW,
+            &format!("{DEVICE_COOKIE}={forged}"),
+        )
+        .await;
+        assert_rate_limited(&proxy, &response, 60).await;
+    }
+
+    // The device's own address is still locked by its failures (two more wrong passwords
+    // from `home`: three with the one above).
+    for _ in 0..2 {
+        let response = basic_from(&proxy, "/x", home, "alice", WRONG_PW, &desktop).await;
+        assert_eq!(response.status, 401, "{}", response.text());
+    }
+    let response = basic_from(&proxy, "/x", home, "alice", ALICE_PW, &desktop).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+
+    // Only the requests alice's devices made reached the upstream, and never a device cookie.
+    let paths: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/first", "/during-lockout", "/form-session", "/laptop"]
+    );
+    for request in upstream.requests() {
+        for cookie in request.header_all("cookie") {
+            assert!(!cookie.contains(DEVICE_COOKIE), "{cookie}");
+        }
+    }
+    // Nor is any device cookie's value in the log.
+    let output = proxy.all_output();
+    for pair in [&desktop, &laptop_device, &bobs] {
+        assert!(!output.contains(&value(pair)), "a device cookie was logged");
+    }
+}
+
+/// A reload with another `secret_file` key takes it: cookies signed with the old key stop
+/// counting, and a new sign-in is known again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_secret_key_forgets_known_devices() {
+    let upstream = Upstream::start().await;
+    let proxy = aimed(&upstream).start().await;
+    let home = "198.51.100.10";
+    let response = login_with(&proxy, "alice", ALICE_PW, "/", &[("x-forwarded-for", home)]).await;
+    assert_eq!(response.status, 303, "{}", response.text());
+    let desktop = device_cookie(&response);
+    lock_out(&proxy, "alice", 113).await;
+    let response = basic_from(&proxy, "/before", home, "alice", ALICE_PW, &desktop).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    std::fs::write(proxy.dir().join("device.key"), "n".repeat(48)).unwrap();
+    proxy.signal("HUP").await;
+    proxy.wait_for_events("configuration reloaded", 1).await;
+    let response = basic_from(&proxy, "/after", home, "alice", ALICE_PW, &desktop).await;
+    assert_rate_limited(&proxy, &response, 60).await;
+    assert!(upstream.requests().iter().all(|r| r.path != "/after"));
+}
