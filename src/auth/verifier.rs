@@ -3,6 +3,7 @@
 //! cache of successful verifications keeps steady traffic from hashing on every request.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,11 @@ use crate::auth::Scheme;
 use crate::config::{User, UserDb};
 use crate::error::{Denial, DenyReason, FailReason, Failure, Refusal};
 
-/// How long a successful verification is remembered.
+/// How long a successful verification is remembered after it was last used. Each use extends
+/// it: a client that keeps sending the same good credential never needs a hash again, so a flood
+/// of wrong passwords filling the hashing queue cannot cut it off when an entry would have
+/// expired. A changed password or removed user never matches an old entry (the tag binds the
+/// configured hash), and the lockout is checked before the cache.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most remembered verifications; beyond this, expired ones are swept and, failing that, all
 /// are forgotten (a flood of distinct valid credentials only costs re-hashing).
@@ -232,7 +237,10 @@ const HASH_TAIL_BYTES: usize = 16;
 struct VerifiedCache {
     /// The HMAC already keyed (its inner and outer pads hashed once): each tag clones it.
     keyed: Hmac<Sha256>,
-    entries: RwLock<HashMap<[u8; 32], Instant>>,
+    /// Tag → expiry, in milliseconds since `epoch`: atomic, so a hit extends its entry under
+    /// the shared read lock.
+    entries: RwLock<HashMap<[u8; 32], AtomicU64>>,
+    epoch: Instant,
 }
 
 impl VerifiedCache {
@@ -244,7 +252,13 @@ impl VerifiedCache {
         VerifiedCache {
             keyed,
             entries: RwLock::new(HashMap::new()),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Now, in the cache's milliseconds.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn tag(&self, user: &str, hash: &PasswordHash, password: &str) -> [u8; 32] {
@@ -264,27 +278,67 @@ impl VerifiedCache {
         let entries = self.entries.read();
         // The map lookup is on an unpredictable HMAC, so its timing reveals nothing; the
         // constant-time comparison keeps the final equality check free of early exits too.
-        entries.get_key_value(tag).is_some_and(|(stored, expires)| {
-            bool::from(stored.ct_eq(tag)) && *expires > Instant::now()
-        })
+        let now = self.now_ms();
+        let hit = entries.get_key_value(tag).filter(|(stored, expires)| {
+            bool::from(stored.ct_eq(tag)) && expires.load(Ordering::Relaxed) > now
+        });
+        let Some((_, expires)) = hit else {
+            return false;
+        };
+        // Extend, writing the shared line at most once a second per entry.
+        let extended = now + ttl_ms();
+        if extended.saturating_sub(expires.load(Ordering::Relaxed)) >= 1000 {
+            expires.fetch_max(extended, Ordering::Relaxed);
+        }
+        true
     }
 
     fn insert(&self, tag: [u8; 32]) {
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut entries = self.entries.write();
         if entries.len() >= CACHE_MAX_ENTRIES {
-            entries.retain(|_, expires| *expires > now);
+            entries.retain(|_, expires| expires.load(Ordering::Relaxed) > now);
             if entries.len() >= CACHE_MAX_ENTRIES {
                 entries.clear();
             }
         }
-        entries.insert(tag, now + CACHE_TTL);
+        entries.insert(tag, AtomicU64::new(now + ttl_ms()));
     }
+}
+
+fn ttl_ms() -> u64 {
+    u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_used_entry_stays_and_an_unused_one_expires() {
+        let cache = VerifiedCache::new();
+        let used = [1u8; 32];
+        let unused = [2u8; 32];
+        cache.insert(used);
+        cache.insert(unused);
+        // Pretend most of the TTL has passed since both were inserted.
+        let nearly = ttl_ms() - 500;
+        for expires in cache.entries.read().values() {
+            expires.store(cache.now_ms() + 500, Ordering::Relaxed);
+        }
+        assert!(cache.contains(&used), "still fresh");
+        let extended = cache.entries.read()[&used].load(Ordering::Relaxed);
+        assert!(
+            extended >= cache.now_ms() + nearly,
+            "a hit extends the entry"
+        );
+        let unused_expiry = cache.entries.read()[&unused].load(Ordering::Relaxed);
+        assert!(unused_expiry <= cache.now_ms() + 500);
+        // Once past its expiry an entry is gone, used or not.
+        cache.entries.read()[&unused].store(0, Ordering::Relaxed);
+        assert!(!cache.contains(&unused));
+        assert!(!cache.contains(&[3u8; 32]));
+    }
 
     #[cfg(target_os = "linux")]
     #[test]
