@@ -282,7 +282,15 @@ impl App {
         let outcome = self.process(&runtime, request, &ctx, &mut exchange).await;
         let (mut response, refusal) = match outcome {
             Ok(response) => (response, exchange.logged_refusal.take()),
-            Err(refusal) => (self.refuse(config, &refusal, &mut exchange), Some(refusal)),
+            Err(refusal) => {
+                // A stalled body is still partly unread: the connection cannot carry another
+                // request (HTTP/2 resets just this stream when the response ends it).
+                if matches!(&refusal, Refusal::Fail(f) if f.reason == FailReason::ClientBodyTimeout)
+                {
+                    exchange.close_connection = true;
+                }
+                (self.refuse(config, &refusal, &mut exchange), Some(refusal))
+            }
         };
         let headers = response.headers_mut();
         headers.insert(response::REQUEST_ID, exchange.request_id.clone());
@@ -598,7 +606,10 @@ impl App {
         auth::device::KnownDevices::strip(request.headers_mut());
         rewrite_request(request.headers_mut(), &forward_ctx);
         let started = Instant::now();
-        let result = runtime.upstream.forward(request, path_and_query).await;
+        let result = runtime
+            .upstream
+            .forward(request, path_and_query, config.server.body_read_timeout)
+            .await;
         self.metrics
             .upstream_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -609,6 +620,7 @@ impl App {
                 FailReason::UpstreamUnreachable => Some("unreachable"),
                 FailReason::ClientClosed
                 | FailReason::ClientBodyInvalid
+                | FailReason::ClientBodyTimeout
                 | FailReason::StoreUnavailable
                 | FailReason::Overloaded => None,
             };

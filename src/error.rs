@@ -124,6 +124,9 @@ pub enum FailReason {
     ClientClosed,
     /// The client's request body broke its own framing (a bad chunk).
     ClientBodyInvalid,
+    /// The client's request body stalled for `server.body_read_timeout` (408; logged as
+    /// `client_body_invalid`, the closed list's nearest code).
+    ClientBodyTimeout,
 }
 
 impl FailReason {
@@ -135,7 +138,7 @@ impl FailReason {
             FailReason::StoreUnavailable => "store_unavailable",
             FailReason::Overloaded => "overloaded",
             FailReason::ClientClosed => "client_closed",
-            FailReason::ClientBodyInvalid => "client_body_invalid",
+            FailReason::ClientBodyInvalid | FailReason::ClientBodyTimeout => "client_body_invalid",
         }
     }
 }
@@ -229,6 +232,7 @@ impl Refusal {
                 }
                 FailReason::ClientClosed => client_closed_status(),
                 FailReason::ClientBodyInvalid => StatusCode::BAD_REQUEST,
+                FailReason::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             },
         }
     }

@@ -56,6 +56,7 @@ pub struct ServerSection {
     pub shutdown_grace: HumanDuration,
     pub tunnel_idle_timeout: HumanDuration,
     pub secret_file: Spanned<String>,
+    pub body_read_timeout: HumanDuration,
     pub tls: Option<TlsSection>,
 }
 
@@ -76,6 +77,7 @@ impl Default for ServerSection {
             shutdown_grace: HumanDuration(std::time::Duration::from_secs(30)),
             tunnel_idle_timeout: HumanDuration(std::time::Duration::from_secs(60 * 60)),
             secret_file: Spanned::new(0..0, String::new()),
+            body_read_timeout: HumanDuration(std::time::Duration::from_secs(60)),
             tls: None,
         }
     }

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Keep-alive idle connection limit.
     pub idle_timeout: Duration,
+    /// The longest gap between two pieces of a request body.
+    pub body_read_timeout: Duration,
     /// Largest request head accepted (431 beyond).
     pub max_header_bytes: usize,
     /// Open client connections at once; further connections wait in the kernel backlog.

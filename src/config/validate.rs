@@ -198,6 +198,9 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
             "expected at least 1",
         ));
     }
+    if s.body_read_timeout.0.is_zero() {
+        return Err(ctx.err(None, "server.body_read_timeout", "expected a duration > 0"));
+    }
     if s.tunnel_idle_timeout.0.is_zero() {
         return Err(ctx.err(
             None,
@@ -233,6 +236,7 @@ fn server(ctx: &Ctx<'_>, file: &FileConfig) -> Result<ServerConfig, ConfigError>
         workers: s.workers,
         shutdown_grace: s.shutdown_grace.0,
         tunnel_idle_timeout: s.tunnel_idle_timeout.0,
+        body_read_timeout: s.body_read_timeout.0,
     })
 }
 

@@ -67,7 +67,7 @@ pub fn describe(refusal: &Refusal, facts: &Facts<'_>) -> Described {
                 "Request ended",
                 "The request ended before an answer was sent. Try again.",
             ),
-            FailReason::ClientBodyInvalid => said(
+            FailReason::ClientBodyInvalid | FailReason::ClientBodyTimeout => said(
                 Page::BadRequest,
                 "This request could not be read",
                 "The content sent with this request was incomplete or broken, so it was not \

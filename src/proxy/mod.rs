@@ -1,6 +1,7 @@
 //! Forwarding admitted requests to the upstream: URI rewrite, the connection pool, timeouts,
 //! streaming bodies and protocol upgrades (WebSocket).
 
+mod body_timeout;
 pub mod client_ip;
 pub mod headers;
 mod pool;
@@ -21,6 +22,8 @@ use crate::config::UpstreamConfig;
 use crate::error::{FailReason, Failure};
 use crate::server::TunnelTerms;
 
+use body_timeout::BodyStalled;
+pub use body_timeout::TimedBody;
 pub use pool::UpstreamBody;
 use pool::{Conn, Pool, Sender};
 
@@ -101,6 +104,7 @@ impl Upstream {
         &self,
         mut request: Request<Incoming>,
         path_and_query: PathAndQuery,
+        body_read_timeout: std::time::Duration,
     ) -> Result<Response<Body>, Failure> {
         // Origin form: the connection already goes to the upstream.
         *request.uri_mut() = Uri::from(path_and_query);
@@ -127,6 +131,7 @@ impl Upstream {
             .is_some()
             .then(|| hyper::upgrade::on(&mut request));
 
+        let request = request.map(|body| TimedBody::new(body, body_read_timeout));
         let (mut response, conn) = match self.send(request).await {
             Ok(sent) => sent,
             Err(UpstreamError::Timeout) => {
@@ -169,7 +174,7 @@ impl Upstream {
     /// sent again on the next one.
     async fn send(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<TimedBody>,
     ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.config.response_timeout;
         while let Some(mut conn) = self.pool.take() {
@@ -321,6 +326,12 @@ fn client_body_failure(err: &UpstreamError) -> Option<Failure> {
     };
     if !exchange.is_user() {
         return None;
+    }
+    if let Some(stalled) = source_chain(exchange).find_map(|e| e.downcast_ref::<BodyStalled>()) {
+        return Some(Failure::new(
+            FailReason::ClientBodyTimeout,
+            stalled.to_string(),
+        ));
     }
     let cause = source_chain(exchange)
         .last()

@@ -25,7 +25,7 @@ const REAP_EVERY: Duration = Duration::from_secs(15);
 const MAX_IDLE: usize = 256;
 
 /// A request sender on one upstream connection.
-pub(super) type Sender = SendRequest<Incoming>;
+pub(super) type Sender = SendRequest<super::body_timeout::TimedBody>;
 
 /// One upstream connection, as the pool hands it out.
 pub struct Conn {

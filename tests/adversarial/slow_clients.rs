@@ -76,3 +76,58 @@ async fn header_tricklers_are_cut_off_and_others_are_served() {
         .iter()
         .all(|r| r.path != "/public/trickle"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow bodies (server.body_read_timeout)
+// ---------------------------------------------------------------------------------------------
+
+/// A client that starts a body and stalls gets 408 after `body_read_timeout`, logged once as
+/// `client_body_invalid` with the detail naming the key; the upstream never gets a completed
+/// request, and the proxy keeps serving. A slow but steady body passes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_a_steady_slow_one_passes() {
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("body_read_timeout = \"1s\"")
+        .start()
+        .await;
+    // 3 of 10 bytes, then silence; `raw` returns once the proxy has closed the connection.
+    let stalled = b"POST /public/stall HTTP/1.1\r\nHost: p\r\nContent-Length: 10\r\n\r\nabc";
+    let response = RawResp::parse(&proxy.raw(stalled).await);
+    assert_eq!(response.status, 408, "{}", response.text);
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    let id = response.header("x-request-id").expect("X-Request-Id");
+    let event = proxy.access_for(id).await;
+    assert_eq!(event["decision"], "error", "{event}");
+    assert_eq!(event["reason"], "client_body_invalid", "{event}");
+    assert_eq!(event["status"], 408, "{event}");
+    assert_eq!(
+        event["detail"], "no request body bytes for 1s (server.body_read_timeout)",
+        "{event}"
+    );
+    assert_eq!(proxy.get("/public/after", &[]).await.status, 200);
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.path != "/public/stall" || r.body_len < 10),
+        "the upstream got the whole stalled body"
+    );
+
+    // One byte every 200 ms under a 1 s timeout.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = "POST /public/steady HTTP/1.1\r\nHost: p\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for byte in b"0123456789" {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let response = RawResp::parse(&String::from_utf8_lossy(&answer));
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert_eq!(upstream.only("/public/steady").body_len, 10);
+}
