@@ -131,3 +131,50 @@ async fn a_stalled_body_gets_408_and_a_steady_slow_one_passes() {
     assert_eq!(response.status, 200, "{}", response.text);
     assert_eq!(upstream.only("/public/steady").body_len, 10);
 }
+
+/// HTTP/2: a stream whose body stalls gets 408 on that stream; the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_body_gets_408_on_its_stream_only() {
+    let upstream = Upstream::start().await;
+    let proxy = ProxyConfig::new(upstream.url(), std_body())
+        .server("body_read_timeout = \"1s\"")
+        .start()
+        .await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = hyper::Request::post(format!("http://{}/public/h2-stall", proxy.addr))
+        .header("content-length", "10")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"abc"), false).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let event = proxy.access_for(&id).await;
+    assert_eq!(event["reason"], "client_body_invalid", "{event}");
+    assert_eq!(event["decision"], "error", "{event}");
+
+    let mut client = client.ready().await.unwrap();
+    let request = hyper::Request::get(format!("http://{}/public/h2-after", proxy.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(upstream
+        .requests()
+        .iter()
+        .all(|r| r.path != "/public/h2-stall" || r.body_len < 10));
+}
