@@ -21,16 +21,17 @@ use crate::auth::{self, AuthContext, Identity, PasswordVerifier, Principal};
 use crate::body::Body;
 use crate::config::types::canonical_ip;
 use crate::config::{Config, Route};
-use crate::error::{Denial, DenyReason, FailReason, Refusal};
+use crate::error::{DenyReason, FailReason, Refusal};
 use crate::login::{self, EndedNotice};
 use crate::pages::Facts;
 use crate::path::NormalizedPath;
-use crate::policy::{self, Target, RESERVED_PREFIX};
+use crate::policy::{
+    self, Authenticate, Described, Destination, Endpoint, Peer, Verdict, RESERVED_PREFIX,
+};
 use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
 use crate::ratelimit::FailureLimiter;
 use crate::response::{self, Format, RefusalContext};
-use crate::server::FramingFinding;
 use crate::session::Sessions;
 use crate::telemetry::access::{AccessGuard, AccessRecord, Logged};
 use crate::telemetry::metrics::{ErrorKindLabels, Metrics, OutcomeLabels, SchemeLabels};
@@ -380,108 +381,72 @@ impl App {
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, Refusal> {
         let config = &runtime.config;
-        let uri = request.uri();
-        exchange.record.set_path(uri.path());
-        // Step 0: the request's shape, before anything is looked up. A request the framing
-        // watch flagged ends its connection: the watch no longer follows the bytes after it.
-        if let Some(finding) = request.extensions().get::<FramingFinding>() {
-            exchange.close_connection = true;
-            return Err(framing_refusal(*finding).into());
+        exchange.record.set_path(request.uri().path());
+        let peer = Peer {
+            client_ip: exchange.record.client_ip,
+            trusted: ctx.peer_trusted,
+            unreadable_client: ctx.unreadable_client,
+            tls: ctx.tls,
+        };
+        let auth = ProxyAuth { app: self, config };
+        // Boxed: the authentication paths a public route never takes would otherwise size
+        // every request's future, which hyper moves when it starts the request.
+        let decision = Box::pin(policy::decide(
+            config,
+            &Described::from_request(&request, peer),
+            &auth,
+        ))
+        .await;
+        exchange.close_connection = decision.close_connection;
+        if let Some(path) = &decision.path {
+            exchange.record.set_path(path.forward());
         }
-        if let Err(denial) = request_shape(&request) {
-            exchange.close_connection = true;
-            return Err(denial.into());
-        }
-        // Read as the proxy's own address, such an entry would make every client behind it
-        // one client (one lockout for all); there is no other address to use.
-        if ctx.unreadable_client {
-            return Err(Denial::new(
-                DenyReason::MalformedRequest,
-                "X-Forwarded-For (or Forwarded) from a trusted proxy names no readable client \
-                 address",
-            )
-            .into());
-        }
-        // HTTP/1 requests must be in origin form; HTTP/2 always carries scheme and authority.
-        if request.version() < Version::HTTP_2
-            && (uri.scheme().is_some() || uri.authority().is_some())
-        {
-            return Err(Denial::new(
-                DenyReason::AmbiguousPath,
-                "request target is not in origin form",
-            )
-            .into());
-        }
-        let (normalized, target) = policy::resolve(&config.routes, uri.path())?;
-        exchange.record.set_path(normalized.forward());
-        let route = match target {
-            Target::Reserved => {
-                return Box::pin(self.reserved(
-                    config,
-                    normalized.for_matching(),
-                    request,
-                    exchange,
-                ))
-                .await
+        match &decision.destination {
+            Some(Destination::Reserved) => exchange.record.route = Some(RESERVED_PREFIX.into()),
+            Some(Destination::Route(route)) => {
+                exchange.record.route = Some(route.path.shared());
+                exchange.route = Some(route.clone());
+                exchange.next = decision
+                    .path
+                    .map(|path| (path, request.uri().path_and_query().cloned()));
             }
-            Target::NoRoute => return Err(policy::no_route().into()),
-            Target::Route(route) => route.clone(),
-        };
-        // Built now, while `normalized` is ours, but refused only where SPEC §3 puts it: after
-        // authentication and authorisation.
-        let original = request.uri().path_and_query().cloned();
-        let path_and_query = upstream_target(&normalized, original.as_ref());
-        exchange.next = Some((normalized, original));
-        exchange.record.route = Some(route.path.shared());
-        exchange.route = Some(route.clone());
-
-        let identity = if route.is_public() {
-            None
-        } else {
-            let started = Instant::now();
-            let auth = AuthContext {
-                config,
-                verifier: &self.verifier,
-                sessions: &self.sessions,
-                limiter: &self.limiter,
-                client_ip: exchange.record.client_ip,
-            };
-            // Boxed here and below: paths a public route never takes would otherwise size
-            // every request's future, which hyper moves when it starts the request.
-            let result = Box::pin(auth::authenticate(&auth, &route, request.headers())).await;
-            self.observe_auth(&result, started);
-            Some(result?)
-        };
-        if let Some(identity) = &identity {
+            None => {}
+        }
+        if let Some(identity) = &decision.identity {
             exchange.record.user = Some(identity.user().to_string());
             exchange.record.auth_method = Some(identity.method.as_str());
         }
-        policy::authorize(&route, identity.as_ref(), request.method())?;
-        policy::method_overrides(&route, request.headers())?;
-        if let Some(identity) = &identity {
-            Box::pin(self.start_browser_session(
-                config,
-                &route,
-                identity,
-                request.headers(),
-                exchange,
-            ))
-            .await;
+        match decision.verdict? {
+            Verdict::Serve(endpoint) => {
+                Box::pin(self.reserved(config, endpoint, request, exchange)).await
+            }
+            Verdict::Forward(path_and_query) => {
+                let identity = decision.identity;
+                if let (Some(identity), Some(route)) = (&identity, &exchange.route) {
+                    let route = route.clone();
+                    Box::pin(self.start_browser_session(
+                        config,
+                        &route,
+                        identity,
+                        request.headers(),
+                        exchange,
+                    ))
+                    .await;
+                }
+                let response = self
+                    .forward(
+                        runtime,
+                        request,
+                        path_and_query,
+                        ctx,
+                        identity.as_ref(),
+                        &exchange.request_id,
+                    )
+                    .await?;
+                exchange.record.upstream_status = Some(response.status().as_u16());
+                Ok(response)
+            }
         }
-
-        let path_and_query = path_and_query?;
-        let response = self
-            .forward(
-                runtime,
-                request,
-                path_and_query,
-                ctx,
-                identity.as_ref(),
-                &exchange.request_id,
-            )
-            .await?;
-        exchange.record.upstream_status = Some(response.status().as_u16());
-        Ok(response)
     }
 
     /// Records verification latency under the scheme that was checked.
@@ -541,11 +506,10 @@ impl App {
     async fn reserved(
         &self,
         config: &Config,
-        path: &str,
+        endpoint: Endpoint,
         request: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, Refusal> {
-        exchange.record.route = Some(RESERVED_PREFIX.into());
         let endpoints = login::Endpoints {
             config,
             sessions: &self.sessions,
@@ -558,13 +522,7 @@ impl App {
             },
             request_id: exchange.request_id.to_str().unwrap_or_default(),
         };
-        let outcome = endpoints.serve(path, request).await.unwrap_or_else(|| {
-            Err(Denial::new(
-                DenyReason::NoRoute,
-                "reserved /.portcullis/ path is not served",
-            )
-            .into())
-        })?;
+        let outcome = endpoints.serve(endpoint, request).await?;
         exchange.record.user = outcome.user;
         if exchange.record.user.is_some() {
             exchange.record.auth_method = Some(Scheme::Session.as_str());
@@ -635,6 +593,34 @@ impl App {
     }
 }
 
+/// The proxy's way to authenticate: verify the credential (password, token, session store)
+/// and record how long that took.
+struct ProxyAuth<'a> {
+    app: &'a App,
+    config: &'a Config,
+}
+
+impl Authenticate for ProxyAuth<'_> {
+    async fn authenticate(
+        &self,
+        route: &Route,
+        request: &Described<'_>,
+    ) -> Result<Identity, Refusal> {
+        let started = Instant::now();
+        let app = self.app;
+        let auth = AuthContext {
+            config: self.config,
+            verifier: &app.verifier,
+            sessions: &app.sessions,
+            limiter: &app.limiter,
+            client_ip: request.peer.client_ip,
+        };
+        let result = Box::pin(auth::authenticate(&auth, route, request.headers)).await;
+        app.observe_auth(&result, started);
+        result
+    }
+}
+
 struct RequestContext {
     /// The TCP peer: the hop this proxy appends to `X-Forwarded-For` and `Forwarded` (the
     /// client address a trusted peer reported is already in the chain before it).
@@ -643,151 +629,6 @@ struct RequestContext {
     /// The trusted proxies' chain ended on an entry that is not an address (see `client_ip`).
     unreadable_client: bool,
     tls: bool,
-}
-
-/// The refusal for what the HTTP/1 framing watch found in the raw request head.
-fn framing_refusal(finding: FramingFinding) -> Denial {
-    match finding {
-        FramingFinding::ConflictingFraming => Denial::new(
-            DenyReason::MalformedRequest,
-            "both Content-Length and Transfer-Encoding",
-        ),
-        FramingFinding::UnreadableLength => Denial::new(
-            DenyReason::MalformedRequest,
-            "Content-Length is not one plain number of at most 19 digits",
-        ),
-        FramingFinding::UnsupportedCoding => Denial::new(
-            DenyReason::UnsupportedTransferCoding,
-            "Transfer-Encoding other than chunked",
-        ),
-        FramingFinding::Fragment => Denial::new(
-            DenyReason::AmbiguousPath,
-            "request target has a fragment (#)",
-        ),
-        FramingFinding::BareLineFeed => Denial::new(
-            DenyReason::MalformedRequest,
-            "the previous request's chunked trailers had a line ending in a bare line feed",
-        ),
-    }
-}
-
-/// SPEC §3 step 0: the request shapes refused before any route is looked at, read from the
-/// headers as received (hyper keeps repeated headers and raw values).
-fn request_shape<B>(request: &Request<B>) -> Result<(), Denial> {
-    use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-    let malformed = |detail: &'static str| Denial::new(DenyReason::MalformedRequest, detail);
-    let headers = request.headers();
-    let mut hosts = headers.get_all(HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(malformed("more than one Host header"));
-    }
-    if host.is_some_and(|h| !valid_authority(h.as_bytes())) {
-        return Err(malformed("Host is not a valid host[:port]"));
-    }
-    if request.version() >= Version::HTTP_2 {
-        let authority = request.uri().authority().map(|a| a.as_str());
-        if authority.is_some_and(|a| !valid_authority(a.as_bytes())) {
-            return Err(malformed(":authority is not a valid host[:port]"));
-        }
-        match (host, authority) {
-            (Some(host), Some(authority))
-                if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) =>
-            {
-                return Err(malformed("Host and :authority differ"));
-            }
-            (None, None) => return Err(malformed("neither Host nor :authority")),
-            _ => {}
-        }
-    } else if request.version() == Version::HTTP_11 && host.is_none() {
-        return Err(malformed("HTTP/1.1 request without Host"));
-    }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    if let Some(length) = lengths.next() {
-        let digits = length.as_bytes();
-        if lengths.next().is_some()
-            || !(1..=19).contains(&digits.len())
-            || !digits.iter().all(u8::is_ascii_digit)
-        {
-            return Err(malformed(
-                "Content-Length is not one plain number of at most 19 digits",
-            ));
-        }
-    }
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
-    if let Some(coding) = codings.next() {
-        if codings.next().is_some() || !coding.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(Denial::new(
-                DenyReason::UnsupportedTransferCoding,
-                "Transfer-Encoding other than chunked",
-            ));
-        }
-    }
-    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
-        return Err(malformed("more than one Authorization header"));
-    }
-    Ok(())
-}
-
-/// `host[:port]` (RFC 3986 §3.2.2, strictly): a name of letters, digits, `-`, `.`, `_`, `~`,
-/// or a bracketed IPv6 address, then optionally `:` and 1 to 5 digits. No user info, no
-/// spaces, no list, no path.
-fn valid_authority(authority: &[u8]) -> bool {
-    let port = if authority.first() == Some(&b'[') {
-        let Some(close) = memchr::memchr(b']', authority) else {
-            return false;
-        };
-        let inside = &authority[1..close];
-        let ipv6 = !inside.is_empty()
-            && inside
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-        if !ipv6 {
-            return false;
-        }
-        &authority[close + 1..]
-    } else {
-        let end = memchr::memchr(b':', authority).unwrap_or(authority.len());
-        let host = &authority[..end];
-        let name = !host.is_empty()
-            && host
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-        if !name {
-            return false;
-        }
-        &authority[end..]
-    };
-    match port.split_first() {
-        None => true,
-        Some((b':', digits)) => {
-            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
-        }
-        Some(_) => false,
-    }
-}
-
-/// `normalised path` + `?` + the original query, as the upstream's request target. When
-/// normalisation changed nothing, that is the original target itself (a reference count, not
-/// a copy).
-fn upstream_target(
-    normalized: &NormalizedPath,
-    original: Option<&PathAndQuery>,
-) -> Result<PathAndQuery, Denial> {
-    let path = normalized.forward();
-    if let Some(original) = original.filter(|o| o.path() == path) {
-        return Ok(original.clone());
-    }
-    let text = match original.and_then(PathAndQuery::query) {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    PathAndQuery::try_from(text).map_err(|_| {
-        Denial::new(
-            DenyReason::AmbiguousPath,
-            "normalised path is not a valid request target",
-        )
-    })
 }
 
 /// The incoming `X-Request-Id` when a trusted proxy sent a well-formed one, else a new one.
@@ -822,40 +663,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn authorities_are_host_and_optional_port() {
-        for good in [
-            "example.com",
-            "example.com:8080",
-            "a_b-c.d~e",
-            "127.0.0.1:1",
-            "[::1]",
-            "[2001:db8::1]:443",
-            "LOCALHOST",
-        ] {
-            assert!(valid_authority(good.as_bytes()), "{good}");
-        }
-        for bad in [
-            "",
-            "a b",
-            "a, b",
-            "a,b",
-            "evil.com/admin?",
-            "user@host",
-            "host:",
-            "host:123456",
-            "host:8o",
-            ":80",
-            "[]",
-            "[::1",
-            "[::1]x",
-            "[fe80::1%25eth0]",
-            "host:80:80",
-        ] {
-            assert!(!valid_authority(bad.as_bytes()), "{bad}");
-        }
-    }
-
-    #[test]
     fn new_request_ids_are_32_hex_digits() {
         let id = request_id(&http::HeaderMap::new(), false);
         assert_eq!(id.len(), 32);
@@ -872,25 +679,5 @@ mod tests {
         assert!(!well_formed_id(b""));
         assert!(!well_formed_id(b"a b"));
         assert!(!well_formed_id(&[b'a'; 129]));
-    }
-
-    fn target(path: &str, original: &str) -> String {
-        let normalized = crate::path::normalize(path).unwrap();
-        let original = PathAndQuery::try_from(original).unwrap();
-        upstream_target(&normalized, Some(&original))
-            .unwrap()
-            .as_str()
-            .to_string()
-    }
-
-    #[test]
-    fn upstream_target_keeps_the_query() {
-        assert_eq!(target("/a/b", "/a/b?x=1&y"), "/a/b?x=1&y");
-        assert_eq!(target("/a/./b", "/a/./b?x=1&y"), "/a/b?x=1&y");
-        assert_eq!(target("/a", "/a"), "/a");
-        assert_eq!(target("/x/../a", "/x/../a"), "/a");
-        // The fragment never reaches the upstream, normalised or not.
-        assert_eq!(target("/a", "/a?q#frag"), "/a?q");
-        assert_eq!(target("/a", "/a#frag"), "/a");
     }
 }

@@ -5,7 +5,7 @@ mod page;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, ORIGIN, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -15,6 +15,7 @@ use crate::auth::Scheme;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::{Denial, DenyReason, Refusal};
+use crate::policy::Endpoint;
 use crate::session::Sessions;
 
 pub use page::{EndedNotice, LoginPage};
@@ -62,28 +63,18 @@ pub struct Endpoints<'a> {
 }
 
 impl Endpoints<'_> {
-    /// Serves a reserved path; `None` when the path is not one of ours (the caller answers 403).
+    /// Serves one of the endpoints (`policy::decide` chose it from the path and method).
     pub async fn serve(
         &self,
-        path: &str,
+        endpoint: Endpoint,
         request: Request<Incoming>,
-    ) -> Option<Result<Outcome, Refusal>> {
-        let method = request.method().clone();
-        let outcome = match (path, &method) {
-            (LOGIN_PATH, &Method::GET | &Method::HEAD) if self.config.login.enabled => {
-                Ok(self.form(&request))
-            }
-            (LOGIN_PATH, &Method::POST) if self.config.login.enabled => self.login(request).await,
-            (LOGOUT_PATH, &Method::POST) => self.logout(request).await,
-            (WHOAMI_PATH, &Method::GET | &Method::HEAD) => self.whoami(&request).await,
-            (LOGIN_PATH, _) | (LOGOUT_PATH, _) | (WHOAMI_PATH, _) => Err(Denial::new(
-                DenyReason::MethodNotAllowed,
-                format!("{method} is not served on {path}"),
-            )
-            .into()),
-            _ => return None,
-        };
-        Some(outcome)
+    ) -> Result<Outcome, Refusal> {
+        match endpoint {
+            Endpoint::LoginForm => Ok(self.form(&request)),
+            Endpoint::Login => self.login(request).await,
+            Endpoint::Logout => self.logout(request).await,
+            Endpoint::Whoami => self.whoami(&request).await,
+        }
     }
 
     fn form(&self, request: &Request<Incoming>) -> Outcome {

@@ -1,8 +1,10 @@
 //! The access decision: which route a path falls under, and whether an identity may use it.
-//! The proxy and `explain` both call these functions; there is no second implementation.
+//! The proxy and `explain` both call [`decide`]; there is no second implementation.
 
+mod decide;
 mod route;
 
+pub use decide::{decide, Authenticate, Decision, Described, Destination, Endpoint, Peer, Verdict};
 pub use route::RouteTable;
 
 use std::sync::Arc;
