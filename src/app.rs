@@ -12,7 +12,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
@@ -22,7 +22,7 @@ use crate::body::Body;
 use crate::config::types::canonical_ip;
 use crate::config::{Config, Route};
 use crate::error::{DenyReason, FailReason, Refusal};
-use crate::login::{self, EndedNotice};
+use crate::login;
 use crate::pages::Facts;
 use crate::path::NormalizedPath;
 use crate::policy::{
@@ -266,8 +266,7 @@ impl App {
             route: None,
             format,
             request_id,
-            navigation: matches!(*request.method(), Method::GET | Method::HEAD)
-                && format == Format::Html,
+            navigation: policy::navigation(request.method(), request.headers()),
             next: None,
             set_cookie: None,
             device_cookie: None,
@@ -317,18 +316,6 @@ impl App {
         refusal: &Refusal,
         exchange: &mut Exchange,
     ) -> Response<Body> {
-        let session_reason = match refusal {
-            Refusal::Deny(d) => match d.reason {
-                DenyReason::SessionUnknown => Some(None),
-                DenyReason::SessionIdleTimeout => Some(Some(EndedNotice::Idle)),
-                DenyReason::SessionAbsoluteTimeout => Some(Some(EndedNotice::Absolute)),
-                DenyReason::SessionRevoked => Some(Some(EndedNotice::Revoked)),
-                DenyReason::SessionCapped => Some(Some(EndedNotice::Capped)),
-                DenyReason::MissingCredentials => Some(None),
-                _ => None,
-            },
-            Refusal::Fail(_) => None,
-        };
         // An unknown session's cookie is cleared so a stale cookie never keeps a browser stuck.
         // An ended one's is kept: the store remembers why it ended for as long as the cookie
         // lives, so every tab and retry is told the same reason.
@@ -337,21 +324,15 @@ impl App {
                 exchange.set_cookie = Some(self.sessions.clear_cookie());
             }
         }
-        let accepts_session = exchange
-            .route
-            .as_ref()
-            .is_some_and(|r| r.accepts(Scheme::Session));
-        if let (Some(ended), true, true, true) = (
-            session_reason,
-            accepts_session,
-            exchange.navigation,
-            config.login.enabled,
-        ) {
+        let route = exchange.route.as_deref();
+        if let Some(ended) = policy::login_redirect(config, refusal, route, exchange.navigation) {
             return login::redirect(
                 StatusCode::FOUND,
                 &login::login_url(&exchange.next(), ended),
             );
         }
+        let accepts_session = route.is_some_and(|r| r.accepts(Scheme::Session));
+        let session_reason = policy::session_refusal(refusal);
         let ended = session_reason.flatten();
         let sign_in_url = (accepts_session && config.login.enabled)
             .then(|| login::login_url(&exchange.next(), ended));

@@ -50,12 +50,22 @@ pub enum Command {
     },
     /// Validate the configuration and print the effective routes.
     Check,
-    /// Show which route a request would match and whether a user would be admitted, and why.
+    /// Show what the proxy would decide for a request, and why: the request-shape checks, the
+    /// reserved paths, the route, the scheme that would admit the caller, the allow lists and
+    /// methods, with the status and reason code the proxy would log.
     Explain {
         /// The request method, e.g. GET.
         method: String,
-        /// The request path as a client would send it (query allowed).
+        /// The request target exactly as a client would send it (query allowed; a fragment is
+        /// refused as the proxy refuses it).
         path: String,
+        /// The `Host` header (default: localhost).
+        #[arg(long)]
+        host: Option<String>,
+        /// A request header, `Name: value` (repeatable): an `Authorization` scheme, a session
+        /// cookie, `X-HTTP-Method-Override`, `Accept`, `Content-Length` …
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         /// Decide for this user (a [[users]]/htpasswd user, a token name, or a JWT subject).
         #[arg(long)]
         user: Option<String>,
@@ -89,10 +99,20 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Explain {
             method,
             path,
+            host,
+            headers,
             user,
             groups,
         } => match require_config(cli.config.as_deref()) {
-            Ok(config) => explain(&config, &method, &path, user.as_deref(), groups),
+            Ok(config) => explain(
+                &config,
+                &method,
+                &path,
+                host.as_deref(),
+                &headers,
+                user.as_deref(),
+                groups,
+            ),
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
@@ -295,6 +315,8 @@ fn explain(
     path: &Path,
     method: &str,
     target: &str,
+    host: Option<&str>,
+    headers: &[String],
     user: Option<&str>,
     groups: Option<Vec<String>>,
 ) -> ExitCode {
@@ -306,8 +328,27 @@ fn explain(
         eprintln!("error: {method:?} is not an HTTP method");
         return ExitCode::from(2);
     };
+    let headers: Result<Vec<_>, String> = headers
+        .iter()
+        .map(|h| crate::explain::parse_header(h))
+        .collect();
+    let headers = match headers {
+        Ok(headers) => headers,
+        Err(err) => {
+            eprintln!("error: --header {err}");
+            return ExitCode::from(2);
+        }
+    };
     emit(&crate::explain::explain(
-        &config, &method, target, user, groups,
+        &config,
+        crate::explain::Question {
+            method: &method,
+            target,
+            host,
+            headers: &headers,
+            user,
+            groups,
+        },
     ));
     ExitCode::SUCCESS
 }

@@ -91,39 +91,17 @@ impl Identity {
     }
 }
 
-/// Authenticates a request for `route` (which must not be public).
-///
-/// A session cookie is looked at first on routes that accept sessions: a valid one admits
-/// without hashing, and an ended one is refused even when Basic credentials come with it, so
-/// that a browser's Basic login is bound by the session's idle and absolute timeouts too.
-/// Otherwise the one `Authorization` credential is checked against the route's schemes.
+/// Authenticates a request for `route` (which must not be public): the credential
+/// [`presented`] chooses is verified.
 pub async fn authenticate(
     ctx: &AuthContext<'_>,
     route: &Route,
     headers: &HeaderMap,
 ) -> Result<Identity, Refusal> {
     let config = ctx.config;
-    if route.accepts(Scheme::Session) && ctx.sessions.has_cookie(headers) {
-        return session_identity(config, ctx.sessions, headers).await;
-    }
-    let credential = credentials::parse(headers)?;
-    match credential {
-        Credential::None => Err(missing(route, "no credentials were sent").into()),
-        Credential::Other(scheme) => Err(missing(
-            route,
-            format!("sent {scheme}, which this route does not accept"),
-        )
-        .into()),
-        Credential::Basic(basic) => {
-            if !route.accepts(Scheme::Basic) {
-                return Err(missing(
-                    route,
-                    "sent a Basic credential, which this route does not accept",
-                )
-                .into());
-            }
-            let basic = basic
-                .map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))?;
+    match presented(route, headers, ctx.sessions.has_cookie(headers))? {
+        Presented::Session => session_identity(config, ctx.sessions, headers).await,
+        Presented::Basic(basic) => {
             let vouched = ctx.known_devices(headers);
             let user = ctx
                 .check_password(&basic.user, &basic.password, &vouched)
@@ -134,16 +112,7 @@ pub async fn authenticate(
                 session: None,
             })
         }
-        Credential::Bearer(token) => {
-            if !route.accepts(Scheme::Bearer) {
-                return Err(missing(
-                    route,
-                    "sent a Bearer credential, which this route does not accept",
-                )
-                .into());
-            }
-            let token = token
-                .map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))?;
+        Presented::Bearer(token) => {
             // Tokens are not guesses of a secret a person chose: a refused one is logged and
             // counted in metrics, never toward a lockout, and a locked-out client is still
             // served on a valid one (SPEC §2 `[rate_limit]`).
@@ -153,6 +122,63 @@ pub async fn authenticate(
                 method: Scheme::Bearer,
                 session: None,
             })
+        }
+    }
+}
+
+/// The credential a request presents on a route, by the scheme that will check it.
+#[derive(Debug)]
+pub enum Presented<'h> {
+    /// The session cookie.
+    Session,
+    /// Decoded Basic credentials.
+    Basic(credentials::BasicCredential),
+    /// A bearer token.
+    Bearer(&'h str),
+}
+
+/// Which credential `route` will check, before anything is verified; `session_cookie` says
+/// whether the request carries a cookie of the session's name.
+///
+/// A session cookie is looked at first on routes that accept sessions: a valid one admits
+/// without hashing, and an ended one is refused even when Basic credentials come with it, so
+/// that a browser's Basic login is bound by the session's idle and absolute timeouts too.
+/// Otherwise the one `Authorization` credential is checked against the route's schemes.
+pub fn presented<'h>(
+    route: &Route,
+    headers: &'h HeaderMap,
+    session_cookie: bool,
+) -> Result<Presented<'h>, Denial> {
+    if route.accepts(Scheme::Session) && session_cookie {
+        return Ok(Presented::Session);
+    }
+    match credentials::parse(headers)? {
+        Credential::None => Err(missing(route, "no credentials were sent")),
+        Credential::Other(scheme) => Err(missing(
+            route,
+            format!("sent {scheme}, which this route does not accept"),
+        )),
+        Credential::Basic(basic) => {
+            if !route.accepts(Scheme::Basic) {
+                return Err(missing(
+                    route,
+                    "sent a Basic credential, which this route does not accept",
+                ));
+            }
+            basic
+                .map(Presented::Basic)
+                .map_err(|why| Denial::of(Scheme::Basic, DenyReason::MalformedCredentials, why))
+        }
+        Credential::Bearer(token) => {
+            if !route.accepts(Scheme::Bearer) {
+                return Err(missing(
+                    route,
+                    "sent a Bearer credential, which this route does not accept",
+                ));
+            }
+            token
+                .map(Presented::Bearer)
+                .map_err(|why| Denial::of(Scheme::Bearer, DenyReason::MalformedCredentials, why))
         }
     }
 }

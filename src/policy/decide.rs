@@ -12,10 +12,12 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 
 use super::{authorize, method_overrides, no_route, resolve, Target};
 use crate::auth::Identity;
+use crate::auth::Scheme;
 use crate::config::{Config, Route};
 use crate::error::{Denial, DenyReason, Refusal};
-use crate::login::{LOGIN_PATH, LOGOUT_PATH, WHOAMI_PATH};
+use crate::login::{EndedNotice, LOGIN_PATH, LOGOUT_PATH, WHOAMI_PATH};
 use crate::path::NormalizedPath;
+use crate::response::Format;
 use crate::server::FramingFinding;
 
 /// A request as the decision sees it: what an HTTP request is turned into
@@ -141,6 +143,42 @@ impl Decision {
             Some(Destination::Route(route)) => Some(route),
             Some(Destination::Reserved) | None => None,
         }
+    }
+}
+
+/// A `GET` or `HEAD` that asks for HTML: a person's browser navigating, sent to the login
+/// form rather than answered 401.
+pub fn navigation(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD) && Format::from_headers(headers) == Format::Html
+}
+
+/// When a refusal is answered with a redirect to the login form (SPEC §4): a session missing
+/// or over, on a route that accepts sessions, for a browser navigating, with login enabled.
+/// `Some(ended)` names why the session ended, if it did.
+pub fn login_redirect(
+    config: &Config,
+    refusal: &Refusal,
+    route: Option<&Route>,
+    navigation: bool,
+) -> Option<Option<EndedNotice>> {
+    let accepts_session = route.is_some_and(|r| r.accepts(Scheme::Session));
+    let session = session_refusal(refusal)?;
+    (accepts_session && navigation && config.login.enabled).then_some(session)
+}
+
+/// For a refusal that a session would have avoided: `Some(ended)`, with why the session ended
+/// if it did.
+pub fn session_refusal(refusal: &Refusal) -> Option<Option<EndedNotice>> {
+    match refusal {
+        Refusal::Deny(d) => match d.reason {
+            DenyReason::SessionUnknown | DenyReason::MissingCredentials => Some(None),
+            DenyReason::SessionIdleTimeout => Some(Some(EndedNotice::Idle)),
+            DenyReason::SessionAbsoluteTimeout => Some(Some(EndedNotice::Absolute)),
+            DenyReason::SessionRevoked => Some(Some(EndedNotice::Revoked)),
+            DenyReason::SessionCapped => Some(Some(EndedNotice::Capped)),
+            _ => None,
+        },
+        Refusal::Fail(_) => None,
     }
 }
 

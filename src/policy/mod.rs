@@ -4,7 +4,10 @@
 mod decide;
 mod route;
 
-pub use decide::{decide, Authenticate, Decision, Described, Destination, Endpoint, Peer, Verdict};
+pub use decide::{
+    decide, login_redirect, navigation, session_refusal, Authenticate, Decision, Described,
+    Destination, Endpoint, Peer, Verdict,
+};
 pub use route::RouteTable;
 
 use std::sync::Arc;

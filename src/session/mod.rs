@@ -264,14 +264,9 @@ impl Sessions {
     /// runtime (the memory store sweeps in the background; Redis connects lazily).
     pub fn new(config: &SessionSection) -> Result<Self, String> {
         let store = Store::new(config)?;
-        let host_only = config.cookie_secure && config.cookie_domain.is_empty();
         Ok(Sessions {
             store,
-            cookie_name: if host_only {
-                format!("__Host-{}", config.cookie_name)
-            } else {
-                config.cookie_name.clone()
-            },
+            cookie_name: cookie_name(config),
             bare_name: config.cookie_name.clone(),
             idle: config.idle_timeout.0,
             absolute: config.absolute_timeout.0,
@@ -608,6 +603,16 @@ fn well_formed_id(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The name session cookies are set and read under: `__Host-` + the configured name when the
+/// prefix applies (Secure, no Domain).
+pub fn cookie_name(config: &SessionSection) -> String {
+    if config.cookie_secure && config.cookie_domain.is_empty() {
+        format!("__Host-{}", config.cookie_name)
+    } else {
+        config.cookie_name.clone()
+    }
 }
 
 /// The values of the cookies named `name` in the request's `Cookie` headers, in the order sent
