@@ -268,6 +268,59 @@ async fn explain_gives_the_decision_and_reason_the_proxy_logs() {
     assert_eq!(field(&lines, "decision"), Some("allow"), "{lines:#?}");
     let response = get(&proxy, "/app", &[("authorization", &bearer(TOKEN))]).await;
     expect(&proxy, &response, 200, "allow", None).await;
+
+    // The two disagreements measured in issue 14, a request shape and a method override, each
+    // compared with the raw request sent to the running proxy: same status and reason.
+    let alice = format!("Authorization: {}\r\n", basic("alice", ALICE_PW));
+    let two_authorizations = "Authorization: Basic eA==\r\nAuthorization: Basic eQ==\r\n";
+    let override_delete = format!("{alice}X-HTTP-Method-Override: DELETE\r\n");
+    let parity: [(&[&str], &str, &str); 5] = [
+        (&["GET", "/admin#x"], "/admin#x", ""),
+        (&["GET", "/.portcullis/nothing"], "/.portcullis/nothing", ""),
+        (&["GET", "/pub", "--host", "a,b"], "/pub", "Host: a,b\r\n"),
+        (
+            &[
+                "GET",
+                "/admin",
+                "--user",
+                "alice",
+                "--header",
+                "X-HTTP-Method-Override: DELETE",
+            ],
+            "/admin",
+            &override_delete,
+        ),
+        (
+            &[
+                "GET",
+                "/pub",
+                "--header",
+                "Authorization: Basic eA==",
+                "--header",
+                "Authorization: Basic eQ==",
+            ],
+            "/pub",
+            two_authorizations,
+        ),
+    ];
+    for (args, target, extra) in parity {
+        let lines = explain(&config, args);
+        let response = proxy.raw_get(target, extra).await;
+        let id = response
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("{args:?}: no request id: {}", response.text));
+        let event = proxy.access_for(id).await;
+        assert_eq!(
+            field(&lines, "status"),
+            Some(response.status.to_string().as_str()),
+            "{args:?}: {lines:#?}\n{event}"
+        );
+        assert_eq!(
+            field(&lines, "reason"),
+            event["reason"].as_str(),
+            "{args:?}: {lines:#?}\n{event}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
