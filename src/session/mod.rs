@@ -1,17 +1,21 @@
 //! Cookie sessions: ids, cookies, idle and absolute deadlines. Where sessions live is the
 //! store's business (`store.rs`: memory or Redis); what a session means is decided here.
 
+mod cookie;
+mod record;
 mod redis_store;
 mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use http::header::{HeaderValue, COOKIE};
+use http::header::HeaderValue;
 use http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+pub use cookie::{cookie_name, cookie_value, cookie_values, parse_cookie, strip_cookie};
+pub use record::{Cap, EndReason, Fingerprint, SessionKey, SessionRecord, Stored, UserTag};
 pub use redis_store::RedisStore;
 pub use store::{Store, StoreError};
 
@@ -31,194 +35,6 @@ const ID_CHARS: usize = 43;
 /// (see [`UserTag`]), so the lookup needs it before the session is read.
 const TAG_CHARS: usize = 8;
 const COOKIE_CHARS: usize = ID_CHARS + 1 + TAG_CHARS;
-
-/// What the store keeps about a session. The id itself is never stored: the store's key is
-/// the SHA-256 of the id, so a leaked store dump cannot be replayed as cookies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    /// Who signed in.
-    pub user: String,
-    /// When the session began (Unix milliseconds).
-    pub created_ms: u64,
-    /// Last admitted request (Unix milliseconds), as last written to the store.
-    pub last_seen_ms: u64,
-    /// The credential the session was started with; `None` for a record written by a version
-    /// that did not keep it, which is treated as revoked (CHANGELOG, Migrations).
-    pub credential: Option<Fingerprint>,
-}
-
-/// A short fingerprint of a password user's configured hash: the first 8 bytes of the SHA-256
-/// of the hash string. A session keeps the one it was started with, so a reload that changes
-/// the password (or removes the user) ends it. Never the hash itself: the store holds nothing
-/// an offline password guess could be checked against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(pub [u8; 8]);
-
-impl Fingerprint {
-    /// The fingerprint of a user's current password hash.
-    pub fn of(hash: &crate::auth::password::PasswordHash) -> Self {
-        let digest = Sha256::digest(hash.as_str().as_bytes());
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&digest[..8]);
-        Fingerprint(bytes)
-    }
-
-    /// How the store writes it: 16 hex digits.
-    pub fn to_hex(self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Reads what [`Fingerprint::to_hex`] wrote.
-    pub fn from_hex(text: &str) -> Option<Self> {
-        let mut bytes = [0u8; 8];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(Fingerprint(bytes))
-    }
-}
-
-/// Why a session ended. An ended session stays in the store as a tombstone holding only this
-/// (and, when a later login past `max_per_user` ended it, the detail saying so), until its
-/// absolute deadline plus `ended_memory`, so that every later request with its cookie is told
-/// the same reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// No request for longer than the idle timeout.
-    Idle,
-    /// Older than the absolute timeout.
-    Absolute,
-    /// Ended by the proxy: the user's password changed or the user was removed.
-    Revoked,
-    /// Ended by a newer login of its user past `max_per_user` (the oldest end first).
-    Capped,
-}
-
-impl EndReason {
-    /// How the store writes it.
-    pub fn code(self) -> &'static str {
-        match self {
-            EndReason::Idle => "idle",
-            EndReason::Absolute => "absolute",
-            EndReason::Revoked => "revoked",
-            EndReason::Capped => "capped",
-        }
-    }
-
-    /// Reads what [`EndReason::code`] wrote.
-    pub fn from_code(code: &str) -> Option<Self> {
-        match code {
-            "idle" => Some(EndReason::Idle),
-            "absolute" => Some(EndReason::Absolute),
-            "revoked" => Some(EndReason::Revoked),
-            "capped" => Some(EndReason::Capped),
-            _ => None,
-        }
-    }
-}
-
-/// A session as the store has it: live, or a tombstone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// Live (as far as the store knows: the deadlines are checked here).
-    Live(SessionRecord),
-    /// Ended, why, and (when the end was decided elsewhere, e.g. by a later login past
-    /// `max_per_user`) the detail the refusal carries.
-    Ended(EndReason, Option<String>),
-}
-
-/// The first four bytes of the SHA-256 of a user name, as 8 hex digits in the cookie and in
-/// the Redis keys (`portcullis:{u:<tag>}:…`). Every key one session operation touches (the
-/// session, its user's index) carries the same hash tag, so on a Redis Cluster they share a
-/// slot. Not a secret and not unique: two users may share a tag (their indexes stay apart).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UserTag(pub [u8; 4]);
-
-impl UserTag {
-    /// The tag of `user`.
-    pub fn of(user: &str) -> Self {
-        let digest = Sha256::digest(user.as_bytes());
-        UserTag([digest[0], digest[1], digest[2], digest[3]])
-    }
-
-    /// 8 lowercase hex digits.
-    pub fn hex(self) -> String {
-        hex::encode(self.0)
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        if text.len() != TAG_CHARS || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return None;
-        }
-        let mut tag = [0u8; 4];
-        hex::decode_to_slice(text, &mut tag).ok()?;
-        Some(UserTag(tag))
-    }
-}
-
-/// Where the store keeps a session: its user's tag and the SHA-256 of its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionKey {
-    /// The session's user's tag (from the cookie).
-    pub tag: UserTag,
-    /// The SHA-256 of the id.
-    pub hash: [u8; 32],
-}
-
-/// What a new login past `max_per_user` does: the deadlines that decide which of the user's
-/// sessions are still live, the cap, and the words of the refusal the ended ones then get.
-#[derive(Debug, Clone)]
-pub struct Cap {
-    /// Live sessions allowed per user.
-    pub max: usize,
-    /// Now (Unix milliseconds).
-    pub now_ms: u64,
-    /// The idle timeout in milliseconds.
-    pub idle_ms: u64,
-    /// The absolute timeout in milliseconds.
-    pub absolute_ms: u64,
-    /// The user signing in.
-    pub user: String,
-}
-
-impl Cap {
-    /// Whether a session with this record is live now.
-    pub fn live(&self, created_ms: u64, last_seen_ms: u64) -> bool {
-        self.now_ms < created_ms.saturating_add(self.absolute_ms)
-            && self.now_ms < last_seen_ms.saturating_add(self.idle_ms)
-    }
-
-    /// The detail an ended session's refusal carries, when the new login is the `nth` live.
-    pub fn detail(&self, nth: usize) -> String {
-        format!(
-            "{}{}{}",
-            self.detail_before(),
-            ordinal(nth),
-            self.detail_after()
-        )
-    }
-
-    /// The words before the ordinal (the Redis script puts them together).
-    pub fn detail_before(&self) -> String {
-        format!("ended because {} started a ", self.user)
-    }
-
-    /// The words after the ordinal.
-    pub fn detail_after(&self) -> String {
-        format!(" session; session.max_per_user = {}", self.max)
-    }
-}
-
-/// `1st`, `2nd`, `3rd`, `4th`, `11th`, `21st`, … (the Redis create script has the same rule).
-fn ordinal(n: usize) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (_, 11..=13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
-}
 
 /// A valid session and what the caller may be told about it.
 #[derive(Debug, Clone)]
@@ -582,116 +398,12 @@ fn store_failure(err: StoreError) -> Failure {
     )
 }
 
-/// The store key a cookie value names, if the value has our shape (`<id>.<tag>`): the user's
-/// tag and the SHA-256 of the id. Anything else (a pre-tag cookie included) names no session.
-pub fn parse_cookie(value: &str) -> Option<SessionKey> {
-    if value.len() != COOKIE_CHARS {
-        return None;
-    }
-    let (id, tag) = value.split_once('.')?;
-    if !well_formed_id(id) {
-        return None;
-    }
-    Some(SessionKey {
-        tag: UserTag::parse(tag)?,
-        hash: Sha256::digest(id.as_bytes()).into(),
-    })
-}
-
-fn well_formed_id(value: &str) -> bool {
-    value.len() == ID_CHARS
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The name session cookies are set and read under: `__Host-` + the configured name when the
-/// prefix applies (Secure, no Domain).
-pub fn cookie_name(config: &SessionSection) -> String {
-    if config.cookie_secure && config.cookie_domain.is_empty() {
-        format!("__Host-{}", config.cookie_name)
-    } else {
-        config.cookie_name.clone()
-    }
-}
-
-/// The values of the cookies named `name` in the request's `Cookie` headers, in the order sent
-/// (RFC 6265 §5.4 pairs).
-pub fn cookie_values<'a, 'n>(
-    headers: &'a HeaderMap,
-    name: &'n str,
-) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
-}
-
-/// Finds the first cookie by name in the request's `Cookie` headers.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookie_values(headers, name).next()
-}
-
-/// Drops `name` from every `Cookie` header, removing headers left empty.
-///
-/// Works on the raw bytes, so a header that also carries non-ASCII (obs-text) bytes is cleaned
-/// too, and compares names trimmed of whitespace, the way upstream cookie parsers (Go's
-/// net/http, Node, Python) read `portcullis_session =…`: the session id never reaches the
-/// upstream in any spelling they would accept.
-pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    // Most requests carry no cookie of ours: leave their headers untouched without rebuilding.
-    // (On the bytes: a value with obs-text is not `to_str`-able yet may still carry ours.)
-    let ours = headers.get_all(COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .windows(name.len().max(1))
-            .any(|w| w == name.as_bytes())
-    });
-    if !ours {
-        return;
-    }
-    let mut kept: Vec<HeaderValue> = Vec::new();
-    let mut changed = false;
-    for value in headers.get_all(COOKIE) {
-        let mut pairs: Vec<&[u8]> = Vec::new();
-        for pair in value.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            if pair.is_empty() {
-                continue;
-            }
-            let pair_name = pair
-                .iter()
-                .position(|&b| b == b'=')
-                .map_or(pair, |at| &pair[..at]);
-            if pair_name.trim_ascii() == name.as_bytes() {
-                changed = true;
-            } else {
-                pairs.push(pair);
-            }
-        }
-        let rebuilt = pairs.join(&b"; "[..]);
-        // A subset of a valid value joined by "; " is valid; never keep the original instead.
-        if let Ok(v) = HeaderValue::from_bytes(&rebuilt) {
-            if !rebuilt.is_empty() {
-                kept.push(v);
-            }
-        }
-    }
-    if !changed {
-        return;
-    }
-    headers.remove(COOKIE);
-    for value in kept {
-        headers.append(COOKIE, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::cookie::well_formed_id;
+    use super::record::ordinal;
     use super::*;
+    use http::header::COOKIE;
 
     #[test]
     fn a_fingerprint_is_eight_bytes_of_the_hash_never_the_hash() {
