@@ -247,7 +247,7 @@ async fn steps<A: Authenticate>(
     let (normalized, target) = resolve(&config.routes, uri.path())?;
     let route = match target {
         Target::Reserved => {
-            let endpoint = reserved(config, normalized.for_matching(), request.method);
+            let endpoint = reserved(config, normalized.for_matching(), request);
             decision.path = Some(normalized);
             decision.destination = Some(Destination::Reserved);
             return Ok(Verdict::Serve(endpoint?));
@@ -274,13 +274,30 @@ async fn steps<A: Authenticate>(
 
 /// Which of the proxy's own endpoints a reserved path and method name. An unknown one is
 /// refused as `no_route`, as for a path no route covers.
-fn reserved(config: &Config, path: &str, method: &Method) -> Result<Endpoint, Denial> {
+fn reserved(config: &Config, path: &str, request: &Described<'_>) -> Result<Endpoint, Denial> {
     let login = config.login.enabled;
+    let method = request.method;
     match (path, method) {
         (LOGIN_PATH, &Method::GET | &Method::HEAD) if login => Ok(Endpoint::LoginForm),
         (LOGIN_PATH, &Method::POST) if login => Ok(Endpoint::Login),
         (LOGOUT_PATH, &Method::POST) => Ok(Endpoint::Logout),
-        (WHOAMI_PATH, &Method::GET | &Method::HEAD) => Ok(Endpoint::Whoami),
+        // Whoami describes a session: without a session cookie there is none to describe,
+        // and explain must say so as the proxy does (which session the cookie names is the
+        // endpoint's to look up).
+        (WHOAMI_PATH, &Method::GET | &Method::HEAD) => {
+            let cookie = crate::session::cookie_name(&config.session);
+            if crate::session::cookie_values(request.headers, &cookie)
+                .next()
+                .is_none()
+            {
+                return Err(Denial::of(
+                    Scheme::Session,
+                    DenyReason::MissingCredentials,
+                    "no session cookie",
+                ));
+            }
+            Ok(Endpoint::Whoami)
+        }
         (LOGIN_PATH | LOGOUT_PATH | WHOAMI_PATH, _) => Err(Denial::new(
             DenyReason::MethodNotAllowed,
             format!("{method} is not served on {path}"),
