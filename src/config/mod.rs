@@ -5,6 +5,7 @@ mod error;
 pub mod file;
 mod jwt;
 mod route;
+mod routes;
 pub mod secret;
 pub mod types;
 mod validate;
