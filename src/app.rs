@@ -22,12 +22,10 @@ use crate::body::Body;
 use crate::config::types::canonical_ip;
 use crate::config::{Config, Route};
 use crate::error::{DenyReason, FailReason, Refusal};
-use crate::login;
+use crate::login::{self, Endpoint};
 use crate::pages::Facts;
 use crate::path::NormalizedPath;
-use crate::policy::{
-    self, Authenticate, Described, Destination, Endpoint, Peer, Verdict, RESERVED_PREFIX,
-};
+use crate::policy::{self, Authenticate, Described, Destination, Peer, Verdict, RESERVED_PREFIX};
 use crate::proxy::headers::{rewrite_request, ForwardContext};
 use crate::proxy::{client_ip::client_ip, Upstream};
 use crate::ratelimit::FailureLimiter;

@@ -16,7 +16,8 @@ use crate::auth::Scheme;
 use crate::auth::{self, Identity, Presented, Principal};
 use crate::config::{Config, Route, User};
 use crate::error::{Denial, DenyReason, Refusal};
-use crate::policy::{self, Authenticate, Described, Destination, Endpoint, Peer, Verdict};
+use crate::login::Endpoint;
+use crate::policy::{self, Authenticate, Described, Destination, Peer, Verdict};
 
 /// The request to explain, as given on the command line.
 #[derive(Debug)]

@@ -15,7 +15,6 @@ use crate::auth::Scheme;
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::{Denial, DenyReason, Refusal};
-use crate::policy::Endpoint;
 use crate::session::Sessions;
 
 pub use page::{EndedNotice, LoginPage};
@@ -46,6 +45,30 @@ impl Outcome {
             response,
             refusal: None,
             user,
+        }
+    }
+}
+
+/// One of the proxy's own endpoints under `/.portcullis/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET`/`HEAD /.portcullis/login`: the form.
+    LoginForm,
+    /// `POST /.portcullis/login`: the credentials.
+    Login,
+    /// `POST /.portcullis/logout`.
+    Logout,
+    /// `GET`/`HEAD /.portcullis/whoami`.
+    Whoami,
+}
+
+impl Endpoint {
+    /// Its path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::LoginForm | Endpoint::Login => LOGIN_PATH,
+            Endpoint::Logout => LOGOUT_PATH,
+            Endpoint::Whoami => WHOAMI_PATH,
         }
     }
 }

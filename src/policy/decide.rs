@@ -15,7 +15,7 @@ use crate::auth::Identity;
 use crate::auth::Scheme;
 use crate::config::{Config, Route};
 use crate::error::{Denial, DenyReason, Refusal};
-use crate::login::{EndedNotice, LOGIN_PATH, LOGOUT_PATH, WHOAMI_PATH};
+use crate::login::{EndedNotice, Endpoint, LOGIN_PATH, LOGOUT_PATH, WHOAMI_PATH};
 use crate::path::NormalizedPath;
 use crate::response::Format;
 use crate::server::FramingFinding;
@@ -75,30 +75,6 @@ pub trait Authenticate {
         route: &Route,
         request: &Described<'_>,
     ) -> impl Future<Output = Result<Identity, Refusal>> + Send;
-}
-
-/// One of the proxy's own endpoints under `/.portcullis/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `GET`/`HEAD /.portcullis/login`: the form.
-    LoginForm,
-    /// `POST /.portcullis/login`: the credentials.
-    Login,
-    /// `POST /.portcullis/logout`.
-    Logout,
-    /// `GET`/`HEAD /.portcullis/whoami`.
-    Whoami,
-}
-
-impl Endpoint {
-    /// Its path.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::LoginForm | Endpoint::Login => LOGIN_PATH,
-            Endpoint::Logout => LOGOUT_PATH,
-            Endpoint::Whoami => WHOAMI_PATH,
-        }
-    }
 }
 
 /// Where the path led.

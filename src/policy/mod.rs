@@ -6,7 +6,7 @@ mod route;
 
 pub use decide::{
     decide, login_redirect, navigation, session_refusal, Authenticate, Decision, Described,
-    Destination, Endpoint, Peer, Verdict,
+    Destination, Peer, Verdict,
 };
 pub use route::RouteTable;
 
