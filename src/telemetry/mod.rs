@@ -3,6 +3,7 @@
 pub mod access;
 mod batch;
 pub mod metrics;
+pub mod request_id;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;

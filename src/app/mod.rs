@@ -3,9 +3,13 @@
 //! with exactly one access event: its `AccessGuard` emits it when dropped, with the response
 //! body or, when the client goes away first, with the request's future.
 
+mod health;
+
+pub use health::Readiness;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +18,6 @@ use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use rand::Rng;
 
 use crate::auth::Scheme;
 use crate::auth::{self, AuthContext, Identity, PasswordVerifier, Principal};
@@ -65,15 +68,6 @@ pub struct App {
     /// `/readyz`'s body and `portcullis_store_up`, not by 503 (SPEC §6), since taking every
     /// instance out of the load balancer would stop Basic and Bearer too.
     store_answered: AtomicBool,
-}
-
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    /// What keeps the proxy from being ready (503 while any).
-    pub problems: Vec<String>,
-    /// What works in a degraded way while the proxy is ready.
-    pub degraded: Vec<String>,
 }
 
 /// What the server knows about the connection a request came on.
@@ -143,63 +137,6 @@ impl App {
         &self.metrics
     }
 
-    /// Prometheus text for `/metrics`.
-    pub fn render_metrics(&self) -> String {
-        if let Some(live) = self.sessions.store().memory_len() {
-            self.metrics
-                .live_sessions
-                .set(i64::try_from(live).unwrap_or(i64::MAX));
-        }
-        let up = self.limiter.store_up();
-        self.metrics.store_up.set(i64::from(up));
-        self.metrics
-            .failure_counting_local
-            .set(i64::from(self.limiter.counting_locally()));
-        self.metrics
-            .sync_log_lines_dropped(crate::telemetry::log_lines_dropped());
-        self.metrics.render()
-    }
-
-    /// Readiness: the session store must have answered once when a route uses sessions (a
-    /// later outage is reported as degraded), and the JWT key set must be loaded.
-    pub async fn readiness(&self) -> Readiness {
-        let runtime = self.runtime();
-        let mut readiness = Readiness::default();
-        let uses_sessions = runtime
-            .config
-            .routes
-            .iter()
-            .any(|r| r.accepts(Scheme::Session));
-        let store = self.sessions.store();
-        if store.redis().is_some() {
-            let up = store.ready().await;
-            self.limiter.observe_store(up);
-            if up {
-                self.store_answered.store(true, Ordering::Release);
-            } else if uses_sessions && !self.store_answered.load(Ordering::Acquire) {
-                readiness
-                    .problems
-                    .push("session store unreachable".to_string());
-            } else {
-                readiness.degraded.push(
-                    "session store unreachable: session routes answer 503; failed passwords \
-                     are counted and locked out in this instance's memory"
-                        .to_string(),
-                );
-            }
-        }
-        let problems = &mut readiness.problems;
-        if runtime
-            .config
-            .jwt
-            .as_ref()
-            .is_some_and(|jwt| !jwt.is_ready())
-        {
-            problems.push("JWT key set not loaded yet".to_string());
-        }
-        readiness
-    }
-
     /// Swaps in a new configuration for new requests; in-flight requests finish on the old
     /// one. Logs what changed (names only).
     pub fn reload(&self, config: Config) {
@@ -244,7 +181,8 @@ impl App {
             request.headers(),
             &config.server.trusted_proxies,
         );
-        let request_id = request_id(request.headers(), client.peer_trusted);
+        let request_id =
+            crate::telemetry::request_id::request_id(request.headers(), client.peer_trusted);
         let format = Format::from_headers(request.headers());
         let record = AccessRecord {
             started: Instant::now(),
@@ -608,55 +546,4 @@ struct RequestContext {
     /// The trusted proxies' chain ended on an entry that is not an address (see `client_ip`).
     unreadable_client: bool,
     tls: bool,
-}
-
-/// The incoming `X-Request-Id` when a trusted proxy sent a well-formed one, else a new one.
-fn request_id(headers: &http::HeaderMap, peer_trusted: bool) -> HeaderValue {
-    if peer_trusted {
-        let incoming = headers
-            .get(response::REQUEST_ID)
-            .filter(|v| well_formed_id(v.as_bytes()));
-        if let Some(id) = incoming {
-            return id.clone();
-        }
-    }
-    let id: u128 = rand::thread_rng().gen();
-    // Hex into a stack buffer: this runs on every request.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 32];
-    for (i, byte) in text.iter_mut().enumerate() {
-        *byte = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&text).expect("hex is a valid header value")
-}
-
-fn well_formed_id(id: &[u8]) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn new_request_ids_are_32_hex_digits() {
-        let id = request_id(&http::HeaderMap::new(), false);
-        assert_eq!(id.len(), 32);
-        assert!(id
-            .as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_ne!(id, request_id(&http::HeaderMap::new(), false));
-    }
-
-    #[test]
-    fn request_ids_are_validated() {
-        assert!(well_formed_id(b"abc-123_x.y:z"));
-        assert!(!well_formed_id(b""));
-        assert!(!well_formed_id(b"a b"));
-        assert!(!well_formed_id(&[b'a'; 129]));
-    }
 }
