@@ -152,7 +152,26 @@ pub fn session_refusal(refusal: &Refusal) -> Option<Option<EndedNotice>> {
             DenyReason::SessionAbsoluteTimeout => Some(Some(EndedNotice::Absolute)),
             DenyReason::SessionRevoked => Some(Some(EndedNotice::Revoked)),
             DenyReason::SessionCapped => Some(Some(EndedNotice::Capped)),
-            _ => None,
+            // Listed, not `_`: a new reason must be placed here on purpose.
+            DenyReason::MalformedCredentials
+            | DenyReason::UnknownUser
+            | DenyReason::BadPassword
+            | DenyReason::UnknownToken
+            | DenyReason::TokenExpired
+            | DenyReason::TokenNotYetValid
+            | DenyReason::BadSignature
+            | DenyReason::BadIssuer
+            | DenyReason::BadAudience
+            | DenyReason::DisallowedAlgorithm
+            | DenyReason::WrongTokenType
+            | DenyReason::UserNotAllowed
+            | DenyReason::InsufficientScope
+            | DenyReason::MethodNotAllowed
+            | DenyReason::RateLimited
+            | DenyReason::AmbiguousPath
+            | DenyReason::NoRoute
+            | DenyReason::MalformedRequest
+            | DenyReason::UnsupportedTransferCoding => None,
         },
         Refusal::Fail(_) => None,
     }
